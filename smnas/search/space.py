@@ -1,0 +1,118 @@
+"""The stage-one structural search space: which modules, which input size.
+
+A space is a set of choices per module; its members are the *valid* combinations
+(:meth:`DetectorSpec.validate`: a RetinaNet head takes no RPN, a two-stage head needs one, an FPN
+range must start inside the backbone). The space enumerates, counts and samples only those.
+
+    space = load_space("config/paper.yaml")   # the paper's: 9,324 structures
+    space.size(); space.sample(8, seed=0)
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from smnas.errors import SmnasError, SpecError
+from smnas.models.spec import (
+    DEFAULT_FC, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
+)
+
+
+@dataclass(frozen=True)
+class StageOneSpace:
+    """Choices per module. Defaults: the laptop space for the built-in dataset."""
+
+    backbones: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50", "resnext101", "mobilenetv2")
+    width: float = 0.25  # laptop scale; the paper's space uses 1.0
+    necks: tuple[str, ...] = ("none", "fpn")
+    fpn_ranges: tuple[tuple[int, int], ...] = ((1, 4), (2, 5), (1, 5))  # (first, last) of P1..P6
+    fpn_channels: tuple[int, ...] = (32,)
+    rpns: tuple[str, ...] = ("none", "rpn", "garpn")
+    heads: tuple[str, ...] = ("2fc", "retina", "cascade2", "cascade3", "cascade4")
+    head_fc: int = 256  # the paper's heads use 1024
+    input_sizes: tuple[tuple[int, int], ...] = ((128, 96), (192, 144), (256, 192), (320, 240))
+    norm: str = "gnws"  # from scratch on a laptop; the paper's stage one fine-tunes BN ImageNet models
+
+    def _necks(self) -> Iterator[NeckSpec]:
+        if "none" in self.necks:
+            yield NeckSpec()
+        if "fpn" in self.necks:
+            for (first, last), c in itertools.product(self.fpn_ranges, self.fpn_channels):
+                yield NeckSpec("fpn", first, last, c)
+
+    def _heads(self) -> list[HeadSpec]:
+        heads = []
+        for text in self.heads:
+            head = _parse_head(text)
+            heads.append(head if head.kind == "retina" else HeadSpec(head.kind, head.stages, self.head_fc))
+        return heads
+
+    def modules(self) -> Iterator[tuple[BackboneSpec, NeckSpec, RPNSpec, HeadSpec]]:
+        """Every valid module combination (at any one input size)."""
+        size = self.input_sizes[0]
+        for bb, neck, rpn, head in itertools.product(
+            [BackboneSpec(b, self.width) for b in self.backbones], list(self._necks()),
+            [RPNSpec(r) for r in self.rpns], self._heads(),
+        ):
+            try:
+                DetectorSpec(bb, neck, rpn, head, size, self.norm).validate()
+            except SpecError:
+                continue
+            yield bb, neck, rpn, head
+
+    def __iter__(self) -> Iterator[DetectorSpec]:
+        """Every valid spec, in a fixed order."""
+        for (bb, neck, rpn, head), size in itertools.product(list(self.modules()), self.input_sizes):
+            yield DetectorSpec(bb, neck, rpn, head, tuple(size), self.norm)
+
+    def size(self) -> int:
+        """Number of valid structures."""
+        return sum(1 for _ in self.modules()) * len(self.input_sizes)
+
+    def sample(self, n: int, seed: int = 0) -> list[DetectorSpec]:
+        """``n`` distinct valid specs drawn uniformly (all of them if the space is smaller)."""
+        if n < 0:
+            raise ValueError(f"cannot sample {n} specs")
+        specs = list(self)
+        if not specs:
+            raise SmnasError("the search space is empty: no valid combination of its choices")
+        return random.Random(seed).sample(specs, min(n, len(specs)))
+
+
+def space_from_dict(d: dict[str, Any], source: str = "<config>") -> StageOneSpace:
+    """Build a StageOneSpace from a config's ``stage1.space`` mapping (keys as the fields)."""
+    known = set(StageOneSpace.__dataclass_fields__)
+    unknown = set(d) - known
+    if unknown:
+        raise SmnasError(f"{source}: stage1.space has unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in ("fpn_ranges", "input_sizes"):
+            kwargs[key] = tuple(tuple(int(x) for x in v) for v in value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    space = StageOneSpace(**kwargs)
+    if space.size() == 0:
+        raise SmnasError(f"{source}: stage1.space has no valid structure (check rpns/heads: retina needs rpn none, R-CNN heads need an RPN)")
+    return space
+
+
+def load_space(path: str | Path | None = None) -> StageOneSpace:
+    """The ``stage1.space`` of a YAML config; ``None`` gives the laptop default."""
+    if path is None:
+        return StageOneSpace()
+    path = Path(path)
+    if not path.is_file():
+        raise SmnasError(f"config file {path} does not exist")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    block = (cfg.get("stage1") or {}).get("space")
+    if block is None:
+        raise SmnasError(f"{path}: no stage1.space block")
+    return space_from_dict(block, str(path))

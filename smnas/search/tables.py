@@ -1,0 +1,55 @@
+"""Search tables: one row per evaluated candidate, ranked into Pareto fronts.
+
+Columns (the README documents them): arch (canonical spec string), stage, generation, parent,
+status (ok / failed / pruned), reason, map, map50, latency_ms, gmacs, params, device,
+train_seconds, epochs, front_rank (0 = Pareto front; -1 = not ranked: failed or pruned),
+crowding (crowding distance within its front; inf at a front's ends).
+Objectives: maximise map, minimise the cost column (latency_ms in stage one, gmacs in stage two).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from smnas.io import atomic_path
+
+COLUMNS = ["arch", "stage", "generation", "parent", "status", "reason", "map", "map50", "latency_ms",
+           "gmacs", "params", "device", "train_seconds", "epochs", "front_rank", "crowding"]
+
+
+def rank_population(df: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """Add ``front_rank`` and ``crowding`` by non-dominated sorting of (-map, cost) (pymoo).
+
+    Rows whose status is not "ok" get front_rank -1 and crowding NaN.
+    """
+    df = df.copy()
+    df["front_rank"] = -1
+    df["crowding"] = np.nan
+    ok = df.index[df["status"] == "ok"]
+    if len(ok):
+        objectives = np.column_stack([-df.loc[ok, "map"].to_numpy(float), df.loc[ok, cost].to_numpy(float)])
+        for rank, members in enumerate(NonDominatedSorting().do(objectives)):
+            idx = ok[members]
+            df.loc[idx, "front_rank"] = rank
+            df.loc[idx, "crowding"] = calc_crowding_distance(objectives[members])
+    return df
+
+
+def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows (dicts of evaluate_candidate plus stage/generation/parent) as a table in COLUMNS order."""
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = np.nan if col not in ("arch", "status", "reason", "device", "parent") else ""
+    return df[COLUMNS]
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a Parquet table atomically."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
