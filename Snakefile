@@ -1,15 +1,33 @@
-# smnas: detector architecture search (SM-NAS) as a Snakemake workflow.
-#   snakemake --cores 2                      # the laptop search on the built-in dataset
-#   snakemake --cores 2 --configfile my.yaml # your own settings (checked against config/schema.yaml)
+# smnas: SM-NAS detector architecture search as a Snakemake workflow.
+#
+#   snakemake --cores 2                       # the laptop search on the built-in dataset
+#   snakemake --profile slurm                 # the same DAG on a SLURM GPU cluster (slurm/profile.yaml)
+#   snakemake --cores 2 stage1                # a named target: stage1, stage2, final, transfer_voc, transfer_bdd
+#   snakemake --report results/report.html    # HTML report of the last run
+#
+# The configuration (config/config.yaml, the manual) is checked against config/schema.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
-include: "rules/stage1.smk"
+include: "rules/search.smk"
+include: "rules/final.smk"
+include: "rules/transfer.smk"
+include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/stage1/front.parquet",
-        "results/stage1/front.png",
+        "results/stage2/front.parquet",
+        final_targets,
+        lambda wc: transfer_targets("voc"),
+        lambda wc: transfer_targets("bdd"),
+        rules.report_plots.output,

@@ -1,24 +1,73 @@
-# Config validation and input functions shared by every rule file.
+# Configuration checks and the input functions shared by every rule file.
+import glob
+from pathlib import Path
+
 from snakemake.utils import validate
 
-from smnas.models.spec import spec_hash
-from smnas.search.space import space_from_dict
+from smnas.workflow import check_config, lookup_arch
 
 validate(config, "../config/schema.yaml")
+check_config(config)
 
-SPACE = space_from_dict(config["stage1"]["space"], "config stage1.space")
-DATA = "results/data/synthetic"
-
-
-def stage1_generation0():
-    """Generation 0: a seeded random sample of the space (known before any job runs)."""
-    return SPACE.sample(config["stage1"]["population"], seed=config["seed"])
+DATA = "results/data"
+BUILTIN = f"{DATA}/synthetic"
+STAGES = ("stage1", "stage2")
+GPU = 1 if config["device"].startswith("cuda") else 0
 
 
-def stage1_candidate_metrics(wildcards=None):
-    return [f"results/stage1/candidates/{spec_hash(s)}/metrics.json" for s in stage1_generation0()]
+wildcard_constraints:
+    stage="stage1|stage2",
+    gen=r"\d+",
+    hash="[0-9a-f]{12}",
+    name=r"front\d+|E\d",
+    dataset="voc|bdd",
+
+
+def last_gen(stage):
+    return config[stage]["generations"] - 1
+
+
+def search_data():
+    """Train/val COCO JSON and image folders of the search dataset."""
+    if "coco" in config["data"]:
+        return config["data"]["coco"]
+    root = f"{BUILTIN}/coco"
+    return {
+        "train_json": f"{root}/annotations/instances_train.json",
+        "train_images": f"{root}/train",
+        "val_json": f"{root}/annotations/instances_val.json",
+        "val_images": f"{root}/val",
+    }
+
+
+def generation_candidates(wildcards):
+    """The candidates table of generation g: a checkpoint, so its contents decide the jobs."""
+    return checkpoints.sample.get(stage=wildcards.stage, gen=wildcards.gen).output.table
+
+
+def generation_metrics(wildcards):
+    """metrics.json of every candidate generation g trains (pruned ones are not trained)."""
+    import pandas as pd
+
+    table = pd.read_parquet(generation_candidates(wildcards))
+    pending = table[table["status"] == "pending"]
+    return [f"results/{wildcards.stage}/candidates/{h}/metrics.json" for h in pending["hash"]]
+
+
+def previous_population(wildcards):
+    g = int(wildcards.gen)
+    return [f"results/{wildcards.stage}/gen{g - 1}/population.parquet"] if g > 0 else []
 
 
 def arch_of(wildcards):
-    by_hash = {spec_hash(s): str(s) for s in stage1_generation0()}
-    return by_hash[wildcards.hash]
+    return lookup_arch(glob.glob(f"results/{wildcards.stage}/gen*/candidates.parquet"), wildcards.hash)
+
+
+def stage_options(stage):
+    """Run-level settings passed to every candidate job of a stage."""
+    return {
+        "seed": config["seed"],
+        "device": config["device"],
+        "train": config[stage]["train"],
+        "detector": config["detector"],
+    }

@@ -111,9 +111,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from smnas.models.build import DetectorOptions
     from smnas.models.spec import parse_spec
 
-    root = Path(args.data)
-    data = DataPaths(str(root / "annotations/instances_train.json"), str(root / "train"),
-                     str(root / "annotations/instances_val.json"), str(root / "val"))
+    data = DataPaths.coco_layout(args.data)
     num_classes = len(load_coco(data.train_json, check_images=False)["categories"])
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup_iters=args.warmup_iters)

@@ -44,6 +44,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
+    text = json.dumps(obj, indent=indent)  # dumps uses the C encoder; dump streams in pure Python
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=indent)
-        f.write("\n")
+        f.write(text + "\n")

@@ -1,24 +1,31 @@
-"""Functions behind the Snakemake scripts (scripts/ only unpack ``snakemake`` and call these)."""
+"""The functions behind the workflow's scripts.
+
+Every ``scripts/*.py`` only unpacks ``snakemake.input/output/params`` and calls one function here,
+so all of the workflow's logic is importable and unit-tested without Snakemake.
+"""
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import matplotlib
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from smnas.data.coco import load_coco
+from smnas.engine.candidate import DataPaths, evaluate_trained, time_candidate, train_candidate
+from smnas.engine.train import TrainConfig
+from smnas.errors import SmnasError
+from smnas.evaluation import voc_map50
+from smnas.io import atomic_open
+from smnas.models.build import DetectorOptions
+from smnas.models.spec import DetectorSpec, parse_spec, spec_hash
+from smnas.search.tables import make_table, rank_population, write_table
 
-from smnas.data.coco import load_coco  # noqa: E402
-from smnas.engine.candidate import DataPaths, evaluate_candidate  # noqa: E402
-from smnas.engine.train import TrainConfig  # noqa: E402
-from smnas.io import atomic_path  # noqa: E402
-from smnas.models.build import DetectorOptions  # noqa: E402
-from smnas.models.spec import parse_spec  # noqa: E402
-from smnas.search.tables import make_table, rank_population, write_table  # noqa: E402
+log = logging.getLogger(__name__)
 
 
 def setup_logging(log_file: str | Path) -> None:
@@ -28,52 +35,215 @@ def setup_logging(log_file: str | Path) -> None:
                         handlers=[logging.FileHandler(log_file, mode="w"), logging.StreamHandler()], force=True)
 
 
-def coco_paths(root: str | Path) -> DataPaths:
-    """The COCO layout the built-in dataset writes (and ``smnas train --data`` reads)."""
-    root = Path(root)
-    return DataPaths(str(root / "annotations/instances_train.json"), str(root / "train"),
-                     str(root / "annotations/instances_val.json"), str(root / "val"))
+# ---- configuration -------------------------------------------------------------------------
+
+def check_config(config: dict[str, Any]) -> None:
+    """Checks a JSON schema cannot express; raise SmnasError before any job runs."""
+    from smnas.search.space import space_from_dict
+
+    space_from_dict(config["stage1"]["space"], "config stage1.space")
+    stage2_space(config)
+    data = config["data"]
+    if "coco" not in data and "builtin" not in data:
+        raise SmnasError("config data: give either data.builtin (the synthetic dataset) or data.coco (your paths)")
+    for key, path in data.get("coco", {}).items():
+        if not Path(path).exists():
+            raise SmnasError(f"config data.coco.{key}: {path} does not exist")
+    for name in ("voc", "bdd"):
+        for key, path in (config["transfer"].get(name) or {}).items():
+            if key in ("root", "train_labels", "val_labels", "train_images", "val_images") and path and not Path(path).exists():
+                raise SmnasError(f"config transfer.{name}.{key}: {path} does not exist")
+    from smnas.models.paper import PAPER_MODELS
+
+    unknown = [m for m in config["final"]["paper_models"] if m not in PAPER_MODELS]
+    if unknown:
+        raise SmnasError(f"config final.paper_models: unknown {unknown}; valid: {sorted(PAPER_MODELS)}")
 
 
-def evaluate_from_config(arch: str, data_root: str | Path, out_dir: str | Path, seed: int, device: str,
-                         train: dict[str, Any], detector: dict[str, Any], latency_runs: int) -> dict[str, Any]:
-    """One candidate of the workflow: config dicts to typed settings, then evaluate_candidate."""
-    data = coco_paths(data_root)
-    num_classes = len(load_coco(data.train_json, check_images=False)["categories"])
-    return evaluate_candidate(parse_spec(arch), data, TrainConfig(seed=seed, **train),
-                              DetectorOptions(num_classes=num_classes, **detector), out_dir,
-                              device=device, latency_runs=latency_runs, progress=False)
+def stage2_space(config: dict[str, Any]):
+    from smnas.search.stage2 import StageTwoSpace
+
+    return StageTwoSpace.from_dict(config["stage2"]["space"], "config stage2.space")
 
 
-def collect_generation(metrics: list[str | Path], stage: str, generation: int, cost: str) -> pd.DataFrame:
-    """Rows of metrics.json files as a ranked population table."""
+def train_config(options: dict[str, Any]) -> TrainConfig:
+    return TrainConfig(seed=options["seed"], **options["train"])
+
+
+def detector_options(options: dict[str, Any], train_json: str | Path) -> DetectorOptions:
+    num_classes = len(load_coco(train_json, check_images=False)["categories"])
+    return DetectorOptions(num_classes=num_classes, **options["detector"])
+
+
+def lookup_arch(tables: Iterable[str | Path], hash_: str) -> str:
+    """The architecture string of candidate ``hash_`` from a stage's candidates tables."""
+    for table in sorted(tables):
+        df = _read_table(str(table), Path(table).stat().st_mtime_ns)
+        hit = df.loc[df["hash"] == hash_, "arch"]
+        if len(hit):
+            return str(hit.iloc[0])
+    raise SmnasError(f"candidate {hash_} is in none of the candidates tables {sorted(map(str, tables))}")
+
+
+@functools.lru_cache(maxsize=64)
+def _read_table(path: str, _mtime: int) -> pd.DataFrame:
+    return pd.read_parquet(path, columns=["arch", "hash"])
+
+
+# ---- one candidate -------------------------------------------------------------------------
+
+def run_train(arch: str, data: dict[str, str], options: dict[str, Any], workdir: str | Path,
+              threads: int = 1) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    paths = DataPaths(**data)
+    jitter = options.get("scale_jitter")
+    return train_candidate(parse_spec(arch), paths, train_config(options), detector_options(options, paths.train_json),
+                           workdir, device=options["device"], progress=False,
+                           scale_jitter=tuple(jitter) if jitter else None)
+
+
+def run_time(arch: str, options: dict[str, Any], workdir: str | Path, runs: int) -> dict[str, Any]:
+    num_classes = json.loads((Path(workdir) / "train.json").read_text())["num_classes"]
+    opts = DetectorOptions(num_classes=num_classes, **options["detector"])
+    return time_candidate(parse_spec(arch), opts, workdir, device=options["device"], runs=runs, threads=1)
+
+
+def read_arch(params: Any, inputs: Any) -> str:
+    """A job's architecture: its ``arch`` param (search) or its ``arch`` input file (final, transfer)."""
+    if hasattr(params, "arch"):
+        return params.arch
+    return Path(inputs.arch).read_text().strip()
+
+
+def write_arch(spec: DetectorSpec, path: str | Path) -> None:
+    with atomic_open(path) as f:
+        f.write(f"{spec}\n")
+
+
+def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workdir: str | Path,
+                 voc_metric: bool = False) -> dict[str, Any]:
+    """evaluate_trained, plus the VOC-style mAP at IoU 0.5 for Pascal VOC."""
+    torch.set_num_threads(1)
+    paths = DataPaths(**data)
+    row = evaluate_trained(parse_spec(arch), paths, detector_options(options, paths.train_json), workdir,
+                           device=options["device"], progress=False)
+    if voc_metric and row["status"] == "ok":
+        row["voc_map50"] = voc_map50(paths.val_json, Path(workdir) / "detections.json")["mAP50"]
+        with atomic_open(Path(workdir) / "metrics.json") as f:
+            json.dump(row, f, indent=2)
+    return row
+
+
+# ---- generations ---------------------------------------------------------------------------
+
+def rank_generation(candidates: str | Path, metrics: list[str | Path], previous: list[str | Path],
+                    cost: str, out: str | Path) -> pd.DataFrame:
+    """Population after generation g: the previous population, this generation's evaluated
+    candidates (from their metrics.json) and its pruned ones, ranked into fronts."""
+    table = pd.read_parquet(candidates)
+    meta = table.set_index("arch")
     rows = []
     for path in metrics:
         row = json.loads(Path(path).read_text())
-        row.update(stage=stage, generation=generation, parent=row.get("parent", ""))
+        info = meta.loc[row["arch"]]
+        row.update(stage=info["stage"], generation=int(info["generation"]), parent=info["parent"])
         rows.append(row)
-    return rank_population(make_table(rows), cost)
+    for _, pruned in table[table["status"] == "pruned"].iterrows():
+        rows.append({k: pruned[k] for k in ("arch", "stage", "generation", "parent", "status", "reason")}
+                    | ({cost: pruned["cost"]} if "cost" in pruned and pd.notna(pruned["cost"]) else {}))
+    new = make_table(rows)
+    frames = [pd.read_parquet(p) for p in previous] + [new]
+    population = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    population = rank_population(population, cost)
+    write_table(population, out)
+    return population
 
 
-def plot_front(df: pd.DataFrame, cost: str, path: str | Path, title: str) -> None:
-    """mAP against cost, Pareto front joined by a line; written atomically as PNG."""
-    ok = df[df["status"] == "ok"]
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    ax.scatter(ok[cost], ok["map"], c="0.6", s=18, label="evaluated")
-    front = ok[ok["front_rank"] == 0].sort_values(cost)
-    ax.plot(front[cost], front["map"], "o-", c="tab:red", label="Pareto front")
-    ax.set_xlabel({"latency_ms": "inference time (ms, batch 1)", "gmacs": "GMACs"}.get(cost, cost))
-    ax.set_ylabel("COCO mAP (val)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+def sample_generation(stage: str, generation: int, config: dict[str, Any], population: list[str | Path],
+                      stage1_front: str | Path | list, out: str | Path) -> pd.DataFrame:
+    """Write generation ``generation``'s candidates table (the workflow's sample/mutate step).
+
+    Stage one, g = 0: a seeded sample of the space. Stage two, g = 0: the stage-one front's
+    structures with their backbones as encodings, and mutations of them. g > 0: mutations of the
+    front of generation g-1, never an architecture evaluated before; stage two applies Partial
+    Order Pruning (pruned rows are kept, with the reason, and are not trained).
+    """
+    from smnas.search.evolution import initial_generation, mutator, next_generation
+    from smnas.search.space import space_from_dict
+    from smnas.search.stage2 import backbone_gmacs
+
+    cfg = config[stage]
+    n, seed = cfg["population"], config["seed"]
+    space = space_from_dict(config["stage1"]["space"]) if stage == "stage1" else stage2_space(config)
+    cost = backbone_gmacs if stage == "stage2" and cfg["cost"] == "backbone_gmacs" else None
+    if generation == 0 and stage == "stage1":
+        rows = initial_generation(stage, n, seed, space1=space)
+    elif generation == 0:
+        front = pd.read_parquet(stage1_front)
+        rows = initial_generation(stage, n, seed, front=front, space2=space, front_cost=config["stage1"]["cost"], cost=cost)
+    else:
+        pop = pd.read_parquet(population[0])
+        rows = next_generation(pop, stage, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost)
+    table = candidates_table(rows)
+    write_table(table, out)
+    log.info("%s generation %d: %d pending, %d pruned", stage, generation,
+             (table["status"] == "pending").sum(), (table["status"] == "pruned").sum())
+    for _, row in table[table["status"] == "pruned"].iterrows():
+        log.info("pruned %s: %s", row["arch"], row["reason"])
+    return table
 
 
-def write_generation(df: pd.DataFrame, population: str | Path, front: str | Path, plot: str | Path, cost: str, title: str) -> None:
-    write_table(df, population)
-    write_table(df[df["front_rank"] == 0].sort_values(cost), front)
-    plot_front(df, cost, plot, title)
+def candidates_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows with arch/stage/generation/parent/status/reason(/cost), plus the folder hash."""
+    df = pd.DataFrame(rows, columns=["arch", "stage", "generation", "parent", "status", "reason", "cost"])
+    df["generation"] = df["generation"].astype(int)
+    df["hash"] = [spec_hash(a) for a in df["arch"]]
+    df["cost"] = df["cost"].astype(float)
+    return df
+
+
+def transfer_image_dirs(dataset: str, cfg: dict[str, Any] | None, builtin: str) -> dict[str, str]:
+    """Image folders of a transfer dataset's train and evaluation splits."""
+    cfg = cfg or {}
+    if dataset == "voc":
+        root = Path(cfg.get("root") or f"{builtin}/voc")
+        devkit = root if (root / "VOC2007").exists() or root.name == "VOCdevkit" else root / "VOCdevkit"
+        return {"train": str(devkit), "val": str(devkit)}
+    return {"train": cfg.get("train_images") or f"{builtin}/bdd/images/100k/train",
+            "val": cfg.get("val_images") or f"{builtin}/bdd/images/100k/val"}
+
+
+def final_arch(name: str, front: str | Path | None, final_cfg: dict[str, Any]) -> DetectorSpec:
+    """The architecture of final model ``name``: ``front{i}`` of the stage-two front (ordered by
+    cost, spread along it) or a paper model ``E0``..``E5``; switched to BatchNorm."""
+    from smnas.models.paper import PAPER_MODELS
+
+    if name.startswith("front"):
+        df = pd.read_parquet(front).sort_values("map", ascending=False)
+        i = int(name[len("front"):])
+        if i >= len(df):
+            raise SmnasError(f"final model {name}: the stage-two front has only {len(df)} models")
+        spec = parse_spec(df["arch"].iloc[i])
+    else:
+        spec = parse_spec(PAPER_MODELS[name])
+        size = final_cfg.get("paper_input_size")
+        if size:
+            spec = DetectorSpec(spec.backbone, spec.neck, spec.rpn, spec.head, tuple(size), spec.norm)
+    return spec.with_norm("bn")
+
+
+def write_report_tables(populations: list[str | Path], metrics: list[str | Path], plot: str | Path,
+                        correlation_csv: str | Path, metrics_csv: str | Path) -> None:
+    """Backbone-factor correlations (stage-two population) and the final/transfer metrics table."""
+    from smnas.report import factor_correlations, metrics_table, plot_factor_correlations, write_csv
+
+    population = pd.concat([pd.read_parquet(p) for p in populations], ignore_index=True)
+    corr = factor_correlations(population)
+    write_csv(corr, correlation_csv)
+    plot_factor_correlations(corr, plot)
+    write_csv(metrics_table(metrics), metrics_csv)
+
+
+def seeded_rng(seed: int, stage: str, generation: int) -> random.Random:
+    """One RNG per (seed, stage, generation): a rerun samples exactly the same candidates."""
+    return random.Random(f"{seed}/{stage}/{generation}")

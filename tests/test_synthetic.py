@@ -29,7 +29,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_class_maps_name_real_classes() -> None:
@@ -99,7 +100,8 @@ def test_voc_xml(tiny: tuple[Path, dict[str, Path]]) -> None:
         for obj in root.iter("object"):
             n_objects += 1
             assert obj.findtext("name") in set(VOC_NAMES.values())
-            assert obj.findtext("difficult") in ("0", "1") and obj.findtext("truncated") in ("0", "1")
+            assert obj.findtext("difficult") in ("0", "1")
+            assert obj.findtext("truncated") in ("0", "1")
             box = obj.find("bndbox")
             x0, y0, x1, y1 = (int(box.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
             assert 1 <= x0 <= x1 <= SIZE[0] and 1 <= y0 <= y1 <= SIZE[1]
@@ -133,7 +135,8 @@ def test_bdd_json(tiny: tuple[Path, dict[str, Path]]) -> None:
             for label in frame["labels"]:
                 categories.add(label["category"])
                 b = label["box2d"]
-                assert 0 <= b["x1"] < b["x2"] <= SIZE[0] and 0 <= b["y1"] < b["y2"] <= SIZE[1]
+                # pixel-inclusive corners, as scalabel writes them
+                assert 0 <= b["x1"] <= b["x2"] < SIZE[0] and 0 <= b["y1"] <= b["y2"] < SIZE[1]
                 assert all(isinstance(b[k], float) for k in ("x1", "y1", "x2", "y2"))
                 attrs = label["attributes"]
                 assert isinstance(attrs["occluded"], bool) and isinstance(attrs["truncated"], bool)
@@ -203,14 +206,15 @@ def test_occlusion_and_truncation_are_measured_exactly() -> None:
     back = synthetic._Item("circle", 0, 30.0, 30.0, 10.0, 0.0, white, "solid")
     front = synthetic._Item("square", 1, 38.0, 30.0, 8.0, math.pi / 4, white * 0.5, "solid")
     edge = synthetic._Item("circle", 0, 2.0, 50.0, 6.0, 0.0, white, "solid")
-    img = np.zeros((64, 64, 3), np.float32)
+    img = Image.new("RGB", (64, 64))
     back_inst, front_inst, edge_inst = synthetic._draw_items(np.random.default_rng(0), img,
                                                              [back, front, edge])
+
     # Redraw the masks independently: the back circle loses what the square covers.
     def full(item: synthetic._Item) -> np.ndarray:
         mask, x0, y0 = synthetic._shape_mask(item)
         canvas = np.zeros((64 + 40, 64 + 40), bool)
-        canvas[y0 + 20:y0 + 20 + mask.shape[0], x0 + 20:x0 + 20 + mask.shape[1]] = mask
+        canvas[y0 + 20:y0 + 20 + mask.height, x0 + 20:x0 + 20 + mask.width] = np.asarray(mask) > 0
         return canvas
     back_m, front_m, edge_m = full(back), full(front), full(edge)
     visible = back_m & ~front_m
@@ -222,11 +226,15 @@ def test_occlusion_and_truncation_are_measured_exactly() -> None:
     inside = edge_m[20:84, 20:84].sum()
     assert edge_inst.truncated and edge_inst.pixels == inside and edge_inst.box[0] == 0
     assert edge_inst.visibility == pytest.approx(inside / edge_m.sum())
-    assert (img[ys - 20, xs - 20] == 1.0).all()  # visible pixels keep the back object's colour
+    pixels = np.asarray(img)
+    assert (pixels[ys - 20, xs - 20] == 255).all()  # visible pixels keep the back object's colour
+    assert (pixels[front_m[20:84, 20:84]] == 128).all() and pixels[0, 63].max() == 0
 
 
 def test_hidden_objects_are_not_labelled() -> None:
-    make = lambda vis, px: synthetic._Instance("star", 3, (0, 0, 5, 5), px, vis, False, True)  # noqa: E731
+    def make(vis: float, px: int) -> synthetic._Instance:
+        return synthetic._Instance("star", 3, (0, 0, 5, 5), px, vis, False, True)
+
     kept = synthetic._labelled([make(0.29, 500), make(0.3, 500), make(0.9, 9), make(0.9, 10)])
     assert [(i.visibility, i.pixels) for i in kept] == [(0.3, 500), (0.9, 10)]
 
@@ -254,3 +262,25 @@ def test_progress_bar_and_variant_subset(tmp_path: Path, capsys: pytest.CaptureF
     assert [p.name for p in tmp_path.iterdir()] == ["bdd"]
     err = capsys.readouterr().err
     assert "synthetic" in err and "2/2" in err
+
+
+def test_project_readers_accept_the_files(tiny: tuple[Path, dict[str, Path]]) -> None:
+    from smnas.data.bdd import bdd_to_coco
+    from smnas.data.coco import load_coco
+    from smnas.data.voc import voc_to_coco
+
+    _, paths = tiny
+    coco = load_coco(paths["coco_val_json"], paths["coco_val_images"])
+    assert len(coco["images"]) == 3
+    voc = voc_to_coco(paths["voc_root"], "2007", "trainval")
+    assert len(voc["images"]) == 6 and voc["annotations"]
+    frames = json.loads(paths["bdd_train_labels"].read_text())
+    labels = [lab for f in frames for lab in f.get("labels", [])]
+    detection = [lab for lab in labels if lab["category"] in BDD_DETECTION_CLASSES]
+    assert 0 < len(labels) - len(detection) < len(detection)  # a few extras, not most
+    with pytest.warns(UserWarning, match="skipped .* not among the 10 detection classes"):
+        bdd = bdd_to_coco(paths["bdd_train_labels"], paths["bdd_train_images"])
+    assert len(bdd["images"]) == 6 and len(bdd["annotations"]) == len(detection)
+    first = detection[0]["box2d"]
+    match = [a for a in bdd["annotations"] if a["bbox"][:2] == [first["x1"], first["y1"]]]
+    assert match and match[0]["bbox"][2] == first["x2"] - first["x1"] + 1

@@ -11,7 +11,7 @@ colour and texture distribution, overlapping its neighbours', so colour alone do
 Unlabelled distractors (elongated blobs, irregular shards, lines) and a noise-textured background
 add clutter; objects are drawn back to front and cover each other. Sizes (as pixel areas) are
 log-uniform plus a share of large ones, so that COCO's small (< 32² px), medium and large
-(> 96² px) ranges are all present at 256x192 (about 45%, 45% and 10% of the labels).
+(> 96² px) ranges are all present at 256x192 (about 50%, 40% and 10% of the labels).
 
 Three variants, three visual domains, so that transfer means something:
 
@@ -50,8 +50,10 @@ BDD_NAMES: dict[str, str] = {
     "circle": "car", "square": "truck", "triangle": "traffic sign",
     "star": "traffic light", "ring": "bicycle", "cross": "pedestrian",
 }
-# Distractor kinds that BDD labels with a category outside its 10 detection classes.
+# Distractor kinds that BDD labels with a category outside its 10 detection classes, when one
+# covers at least BDD_EXTRA_MIN_AREA of the image (a few % of the labels, as in the real data).
 BDD_EXTRA_NAMES: dict[str, str] = {"blob": "other vehicle", "shard": "trailer"}
+BDD_EXTRA_MIN_AREA = 0.04
 VARIANTS: tuple[str, ...] = ("coco", "voc", "bdd")
 SPLITS: tuple[str, ...] = ("train", "val")
 MIN_VISIBLE = 0.3      # visible share of an object's pixels below which it is not labelled
@@ -126,6 +128,7 @@ def make_dataset(
         ``bdd_{train,val}_{labels,images}``; only for the variants asked for.
     """
     variants = _check_args(seed, num_train, num_val, image_size, variants)
+    seed, num_train, num_val, image_size = _as_ints(seed, num_train, num_val, image_size)
     out = Path(out_dir)
     counts = {"train": num_train, "val": num_val}
     writers = {"coco": _write_coco, "voc": _write_voc, "bdd": _write_bdd}
@@ -141,7 +144,8 @@ def _check_args(seed: int, num_train: int, num_val: int, image_size: tuple[int, 
                 variants: Sequence[str]) -> list[str]:
     if isinstance(variants, str):
         variants = [variants]
-    for name, value, low in (("seed", seed, 0), ("num_train", num_train, 1), ("num_val", num_val, 1)):
+    for name, value, low in (("seed", seed, 0), ("num_train", num_train, 1),
+                             ("num_val", num_val, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"make_dataset: {name} must be an integer >= {low}, got {value!r}")
     if (not isinstance(image_size, (tuple, list)) or len(image_size) != 2
@@ -154,6 +158,12 @@ def _check_args(seed: int, num_train: int, num_val: int, image_size: tuple[int, 
         raise ValueError(f"make_dataset: unknown variant(s) {unknown!r}; valid ones are "
                          f"{', '.join(VARIANTS)} (at least one)")
     return list(dict.fromkeys(variants))  # drop repeats, keep order
+
+
+def _as_ints(seed: int, num_train: int, num_val: int,
+             image_size: tuple[int, int]) -> tuple[int, int, int, tuple[int, int]]:
+    # numpy integers would reach the JSON writers, which reject them.
+    return int(seed), int(num_train), int(num_val), (int(image_size[0]), int(image_size[1]))
 
 
 # ---------------------------------------------------------------- scene sampling
@@ -216,8 +226,12 @@ def _sample_scene(rng: np.random.Generator, w: int, h: int, empty: bool) -> list
 # ---------------------------------------------------------------- rendering
 
 def _shape_mask(item: _Item) -> tuple[Image.Image, int, int]:
-    """Rasterise ``item`` on a local canvas; returns (mask, mode "L", 255 inside, and the
-    image coordinates x0, y0 of the canvas's corner)."""
+    """Rasterise ``item`` on a local square canvas.
+
+    Returns:
+        (mask, x0, y0): an "L" image, 255 inside the shape and 0 outside, and the image
+        coordinates of its top-left corner (may be negative: shapes can leave the frame).
+    """
     ext = item.r + 3
     x0, y0 = int(math.floor(item.cx - ext)), int(math.floor(item.cy - ext))
     size = int(math.ceil(2 * ext)) + 1
@@ -244,7 +258,8 @@ def _shape_mask(item: _Item) -> tuple[Image.Image, int, int]:
         t, e = 0.3, 0.95  # arm half-width and reach, as fractions of r
         pts = [(-t, -e), (t, -e), (t, -t), (e, -t), (e, t), (t, t), (t, e), (-t, e), (-t, t),
                (-e, t), (-e, -t), (-t, -t)]
-        poly([r * math.hypot(x, y) for x, y in pts], a + np.array([math.atan2(y, x) for x, y in pts]))
+        poly([r * math.hypot(x, y) for x, y in pts],
+             a + np.array([math.atan2(y, x) for x, y in pts]))
     elif k == "blob":
         t = np.linspace(0, 2 * math.pi, 24, endpoint=False)
         ex, ey = r * np.cos(t), r / item.extra[0] * np.sin(t)
@@ -354,7 +369,8 @@ def _background(rng: np.random.Generator, variant: str, w: int, h: int,
     return _road_background(rng, w, h, attrs)
 
 
-def _road_background(rng: np.random.Generator, w: int, h: int, attrs: dict[str, str]) -> Image.Image:
+def _road_background(rng: np.random.Generator, w: int, h: int,
+                     attrs: dict[str, str]) -> Image.Image:
     """BDD domain: sky gradient above a horizon, grey road with lane marks and buildings."""
     horizon = int(h * rng.uniform(0.35, 0.55))
     clear = attrs["weather"] in ("clear", "partly cloudy")
@@ -367,7 +383,8 @@ def _road_background(rng: np.random.Generator, w: int, h: int, attrs: dict[str, 
     draw = ImageDraw.Draw(img)
     if attrs["scene"] != "highway":  # building blocks on the horizon
         for _ in range(int(rng.integers(2, 7))):
-            bx, bw, bh = rng.uniform(0, w), rng.uniform(0.05, 0.2) * w, rng.uniform(0.1, 0.8) * horizon
+            bx, bw = rng.uniform(0, w), rng.uniform(0.05, 0.2) * w
+            bh = rng.uniform(0.1, 0.8) * horizon
             grey = int(rng.integers(60, 180))
             draw.rectangle((bx, horizon - bh, bx + bw, horizon), fill=(grey, grey, grey + 10))
     vx = w * rng.uniform(0.35, 0.65)  # vanishing point of the lane marks
@@ -512,7 +529,8 @@ def _bdd_label(inst: _Instance, label_id: int) -> dict[str, Any]:
     return {"id": str(label_id), "category": category,
             "attributes": {"occluded": inst.occluded, "truncated": inst.truncated,
                            "trafficLightColor": "NA"},
-            "box2d": {"x1": float(x0), "y1": float(y0), "x2": float(x1 + 1), "y2": float(y1 + 1)}}
+            # Scalabel's convention: corners are pixel-inclusive (COCO w = x2 - x1 + 1).
+            "box2d": {"x1": float(x0), "y1": float(y0), "x2": float(x1), "y2": float(y1)}}
 
 
 def _write_bdd(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int],
@@ -528,7 +546,9 @@ def _write_bdd(out: Path, seed: int, counts: dict[str, int], size: tuple[int, in
             pixels, instances, attrs = _render(seed, "bdd", split, i, size, empty=empty)
             _save_image(pixels, image_dir / name)
             frame: dict[str, Any] = {"name": name, "attributes": attrs, "timestamp": 10000}
-            kept = [o for o in _labelled(instances) if o.cls >= 0 or o.kind in BDD_EXTRA_NAMES]
+            min_extra = BDD_EXTRA_MIN_AREA * size[0] * size[1]
+            kept = [o for o in _labelled(instances) if o.cls >= 0
+                    or (o.kind in BDD_EXTRA_NAMES and o.pixels >= min_extra)]
             if not empty and kept:
                 frame["labels"] = [_bdd_label(o, label_id + k) for k, o in enumerate(kept)]
                 label_id += len(kept)

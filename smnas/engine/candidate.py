@@ -1,10 +1,16 @@
-"""Evaluate one candidate architecture: train, predict, COCO mAP, latency, MACs.
+"""One candidate architecture, in the workflow's three steps: train, time, evaluate.
 
-This is the unit of work of every search generation (a Snakemake job, or ``smnas train``).
-A failed training (non-finite loss) is returned as ``status: failed`` with its reason.
+    train_candidate(spec, data, cfg, opts, "cand/")      # cand/model.pt, cand/train.json
+    time_candidate(spec, opts, "cand/")                  # cand/latency.json
+    evaluate_trained(spec, data, opts, "cand/")          # cand/metrics.json (the table row)
+
+``evaluate_candidate`` runs all three (``smnas train``). A candidate whose training fails (a
+non-finite loss, out of memory) is recorded with ``status: failed`` and the reason; the later
+steps pass that on without work, so a search generation always completes.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +24,7 @@ from smnas.engine.inference import predict
 from smnas.engine.measure import count_macs, count_params, measure_latency
 from smnas.engine.train import TrainConfig, train
 from smnas.evaluation import coco_evaluate, write_detections
-from smnas.io import atomic_write_json
+from smnas.io import atomic_path, atomic_write_json
 from smnas.models.build import DetectorOptions, build_detector, build_features
 from smnas.models.spec import DetectorSpec
 
@@ -27,12 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Where a split's COCO JSON and images are."""
+    """Where the train and val splits' COCO JSON and images are."""
 
     train_json: str
     train_images: str
     val_json: str
     val_images: str
+
+    @classmethod
+    def coco_layout(cls, root: str | Path) -> "DataPaths":
+        """``root/annotations/instances_{train,val}.json`` with images in ``root/{train,val}``."""
+        root = Path(root)
+        return cls(str(root / "annotations/instances_train.json"), str(root / "train"),
+                   str(root / "annotations/instances_val.json"), str(root / "val"))
 
 
 def model_cost(spec: DetectorSpec, num_classes: int) -> dict[str, Any]:
@@ -65,45 +78,97 @@ def backbone_cost(encoding: str, input_size: tuple[int, int], norm: str = "bn") 
     return {"spec": encoding, "backbone_params": params, "backbone_gmacs": gmacs, "params": params, "gmacs": gmacs}
 
 
-def evaluate_candidate(
-    spec: DetectorSpec,
-    data: DataPaths,
-    train_cfg: TrainConfig,
-    opts: DetectorOptions,
-    workdir: str | Path,
-    device: str = "cpu",
-    latency_runs: int = 10,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """Train ``spec`` on ``data`` and measure it; write ``metrics.json`` and ``detections.json``.
+def _is_out_of_memory(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
-    Returns:
-        A flat dict: arch, status (ok/failed), reason, map, map50, map75, maps, mapm, mapl,
-        latency_ms, device, gmacs, params, backbone_gmacs, backbone_params, train_seconds, epochs.
+
+def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts: DetectorOptions,
+                    workdir: str | Path, device: str = "cpu", progress: bool | None = None,
+                    scale_jitter: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Train ``spec``; write ``model.pt`` and ``train.json`` (status, reason, seconds, history).
+
+    Resumes from ``workdir/train/last.pt`` when an earlier run was interrupted.
     """
     workdir = Path(workdir)
-    train_coco = load_coco(data.train_json, data.train_images)
-    val_coco = load_coco(data.val_json, data.val_images)
-    train_set = DetectionDataset(train_coco, data.train_images, hflip_prob=0.5)
-    val_set = DetectionDataset(val_coco, data.val_images)
+    coco = load_coco(data.train_json, data.train_images)
+    train_set = DetectionDataset(coco, data.train_images, hflip_prob=0.5, scale_jitter=scale_jitter)
     if opts.num_classes != train_set.num_classes:
         raise ValueError(f"DetectorOptions.num_classes={opts.num_classes} but {data.train_json} has {train_set.num_classes} categories")
-    torch.manual_seed(train_cfg.seed)  # the same initial weights for the same spec and seed
+    torch.manual_seed(cfg.seed)  # the same initial weights for the same spec and seed
     model = build_detector(spec, opts)
-    result = train(model, train_set, train_cfg, workdir / "train", device=device, progress=progress)
-    row: dict[str, Any] = {"arch": str(spec), "status": result.status, "reason": result.reason,
-                           "train_seconds": result.seconds, "epochs": result.epochs}
+    try:
+        result = train(model, train_set, cfg, workdir / "train", device=device, progress=progress).to_dict()
+    except (RuntimeError, MemoryError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        log.error("%s: out of memory: %s", spec, err)
+        result = {"status": "failed", "reason": f"out of memory: {str(err).splitlines()[0]}", "epochs": 0,
+                  "seconds": 0.0, "images_per_second": 0.0, "history": []}
+    result.update(arch=str(spec), num_classes=opts.num_classes, train=asdict(cfg))
+    with atomic_path(workdir / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    atomic_write_json(workdir / "train.json", result, indent=2)
+    return result
+
+
+def _load_model(spec: DetectorSpec, opts: DetectorOptions, workdir: Path, device: str) -> torch.nn.Module:
+    model = build_detector(spec, opts)
+    model.load_state_dict(torch.load(workdir / "model.pt", map_location=device, weights_only=True))
+    return model.to(device).eval()
+
+
+def _train_status(workdir: Path) -> dict[str, Any]:
+    return json.loads((workdir / "train.json").read_text())
+
+
+def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Path, device: str = "cpu",
+                   runs: int = 20, threads: int | None = 1) -> dict[str, Any]:
+    """Median batch-1 latency of the trained model; write ``latency.json``."""
+    workdir = Path(workdir)
+    if _train_status(workdir)["status"] != "ok":
+        out: dict[str, Any] = {"latency_ms": None, "device": ""}
+    else:
+        lat = measure_latency(_load_model(spec, opts, workdir, device), spec.input_size, device=device,
+                              runs=runs, threads=threads)
+        out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs, "device": lat.device}
+    atomic_write_json(workdir / "latency.json", out, indent=2)
+    return out
+
+
+def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions, workdir: str | Path,
+                     device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+    """COCO evaluation of the trained model on the val split, merged with training and timing.
+
+    Returns (and writes as ``metrics.json``) the candidate's table row: arch, status, reason,
+    map, map50, map75, maps, mapm, mapl, latency_ms, device, gmacs, params, backbone_gmacs,
+    backbone_params, train_seconds, epochs.
+    """
+    workdir = Path(workdir)
+    trained = _train_status(workdir)
+    row: dict[str, Any] = {"arch": str(spec), "status": trained["status"], "reason": trained["reason"],
+                           "train_seconds": trained["seconds"], "epochs": trained["epochs"]}
     row.update({k: v for k, v in model_cost(spec, opts.num_classes).items() if k != "spec"})
-    if result.status == "ok":
-        dets = predict(model, val_set, device=device, progress=progress)
+    latency = workdir / "latency.json"
+    if latency.exists():
+        row.update({k: v for k, v in json.loads(latency.read_text()).items() if k in ("latency_ms", "device")})
+    if trained["status"] == "ok":
+        val_coco = load_coco(data.val_json, data.val_images)
+        dets = predict(_load_model(spec, opts, workdir, device), DetectionDataset(val_coco, data.val_images),
+                       device=device, progress=progress)
         write_detections(dets, workdir / "detections.json")
         stats = coco_evaluate(val_coco, dets)
         row.update(map=stats["AP"], map50=stats["AP50"], map75=stats["AP75"],
                    maps=stats["APs"], mapm=stats["APm"], mapl=stats["APl"])
-        lat = measure_latency(model, spec.input_size, device=device, runs=latency_runs)
-        row.update(latency_ms=lat.median_ms, device=lat.device)
-        torch.save(model.state_dict(), workdir / "model.pt")
-    row["train"] = asdict(train_cfg)
     atomic_write_json(workdir / "metrics.json", row, indent=2)
-    log.info("%s: %s map=%.4f latency=%.1fms", spec, row["status"], row.get("map", float("nan")), row.get("latency_ms", float("nan")))
+    log.info("%s: %s map=%s latency=%s", spec, row["status"], row.get("map"), row.get("latency_ms"))
     return row
+
+
+def evaluate_candidate(spec: DetectorSpec, data: DataPaths, train_cfg: TrainConfig, opts: DetectorOptions,
+                       workdir: str | Path, device: str = "cpu", latency_runs: int = 10,
+                       progress: bool | None = None) -> dict[str, Any]:
+    """Train, time and evaluate ``spec`` in ``workdir``; returns the metrics row."""
+    train_candidate(spec, data, train_cfg, opts, workdir, device, progress)
+    time_candidate(spec, opts, workdir, device, runs=latency_runs)
+    return evaluate_trained(spec, data, opts, workdir, device, progress)

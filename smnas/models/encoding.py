@@ -15,10 +15,15 @@ ResNet-50 is ``bottleneck_64_111-2111-211111-211``.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from smnas.errors import SpecError
+
+if TYPE_CHECKING:  # spec.py imports this module; the spec type is only needed for hints
+    from smnas.models.spec import DetectorSpec
 
 BLOCK_TYPES = ("basicblock", "bottleneck", "Xbottleneck", "invres")
 # Paper stage-two base channels; configurations may allow other lists (see Encoding.check).
@@ -59,6 +64,11 @@ class Encoding:
     def num_blocks(self) -> int:
         return sum(len(s) for s in self.stages)
 
+    @property
+    def doublings(self) -> int:
+        """How many blocks double the channel count (``2`` characters)."""
+        return sum(s.count("2") for s in self.stages)
+
     def check_base_channels(self, allowed: tuple[int, ...]) -> None:
         """Raise SpecError if the base channel count is not in ``allowed``."""
         if self.base_channels not in allowed:
@@ -78,6 +88,7 @@ class Encoding:
         return out
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the search parses the same strings over and over; Encoding is frozen
 def parse_encoding(text: str) -> Encoding:
     """Parse ``block_base_blocks``; errors name the field at fault and what was expected."""
     parts = text.split("_")
@@ -104,4 +115,129 @@ def parse_encoding(text: str) -> Encoding:
 
 def is_encoding(text: str) -> bool:
     """True if ``text`` looks like an encoding (starts with a block type and an underscore)."""
-    return any(text.startswith(b + "_") for b in BLOCK_TYPES)
+    head, sep, _ = text.partition("_")  # block types hold no "_": same as startswith(block + "_")
+    return bool(sep) and head in BLOCK_TYPES
+
+
+@dataclass(frozen=True)
+class EncodingBounds:
+    """Which encodings a stage-two search may visit (besides the block family, fixed per structure).
+
+    The paper's encodings all have 4 stages after the stem and 3 channel doublings (64 -> 512 as
+    in ResNet); its mutations move doublings rather than add them, hence the doubling bounds.
+    """
+
+    base_channels: tuple[int, ...]  # allowed base channel counts (paper: 48, 56, 64, 72)
+    min_blocks: int  # total blocks over all stages
+    max_blocks: int
+    max_stage_blocks: int  # blocks in one stage
+    min_stage_blocks: int = 1  # an empty stage has no feature map to hand to the neck
+    num_stages: int = 4  # P1..P4 (strides 4..32): what the necks expect
+    min_doublings: int = 0
+    max_doublings: int | None = None  # None: no upper bound
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_channels", tuple(int(c) for c in self.base_channels))
+        if not self.base_channels or min(self.base_channels) < 1:
+            raise SpecError(f"encoding bounds: base_channels must be a non-empty list of positive integers, got {list(self.base_channels)}")
+        if not 1 <= self.min_stage_blocks <= self.max_stage_blocks:
+            raise SpecError(f"encoding bounds: need 1 <= min_stage_blocks <= max_stage_blocks, got {self.min_stage_blocks}, {self.max_stage_blocks}")
+        lo, hi = self.num_stages * self.min_stage_blocks, self.num_stages * self.max_stage_blocks
+        if not (self.min_blocks <= self.max_blocks and self.max_blocks >= lo and self.min_blocks <= hi):
+            raise SpecError(
+                f"encoding bounds: blocks {self.min_blocks}..{self.max_blocks} cannot be met by {self.num_stages} "
+                f"stages of {self.min_stage_blocks}..{self.max_stage_blocks} blocks (that gives {lo}..{hi})"
+            )
+        if self.min_doublings < 0 or (self.max_doublings is not None and self.max_doublings < self.min_doublings):
+            raise SpecError(f"encoding bounds: need 0 <= min_doublings <= max_doublings, got {self.min_doublings}, {self.max_doublings}")
+        if self.min_doublings > self.max_blocks:
+            raise SpecError(f"encoding bounds: min_doublings {self.min_doublings} > max_blocks {self.max_blocks}")
+
+    @classmethod
+    def paper(cls) -> "EncodingBounds":
+        """The paper's stage two: base 48..72, 4..40 blocks (E0 has 7, ResNet-101 33), 3 doublings."""
+        return cls(PAPER_BASE_CHANNELS, min_blocks=4, max_blocks=40, max_stage_blocks=24,
+                   min_doublings=3, max_doublings=3)
+
+    @classmethod
+    def laptop(cls) -> "EncodingBounds":
+        """A small space for the built-in dataset: narrow bases, 4..12 blocks, 3 doublings."""
+        return cls((16, 24, 32), min_blocks=4, max_blocks=12, max_stage_blocks=6, min_doublings=3, max_doublings=3)
+
+    def stage_ok(self, length: int) -> bool:
+        return self.min_stage_blocks <= length <= self.max_stage_blocks
+
+    def doublings_ok(self, n: int) -> bool:
+        return n >= self.min_doublings and (self.max_doublings is None or n <= self.max_doublings)
+
+
+def check_encoding(enc: Encoding, bounds: EncodingBounds) -> Encoding:
+    """Raise SpecError naming the field at fault if ``enc`` is outside ``bounds``; else return it.
+
+    Example message: ``basicblock_60_1-21: base channels 60 not in [48, 56, 64, 72]``.
+    """
+    if enc.base_channels not in bounds.base_channels:
+        raise SpecError(f"{enc}: base channels {enc.base_channels} not in {list(bounds.base_channels)}")
+    if len(enc.stages) != bounds.num_stages:
+        raise SpecError(f"{enc}: {len(enc.stages)} stages, expected {bounds.num_stages} ('-' separates stages)")
+    for i, stage in enumerate(enc.stages):
+        if not bounds.stage_ok(len(stage)):
+            raise SpecError(
+                f"{enc}: stage {i + 1} {stage!r} has {len(stage)} blocks, expected "
+                f"{bounds.min_stage_blocks}..{bounds.max_stage_blocks}"
+            )
+    if not bounds.min_blocks <= enc.num_blocks <= bounds.max_blocks:
+        raise SpecError(f"{enc}: {enc.num_blocks} blocks in all, expected {bounds.min_blocks}..{bounds.max_blocks}")
+    if not bounds.doublings_ok(enc.doublings):
+        hi = "any" if bounds.max_doublings is None else bounds.max_doublings
+        raise SpecError(f"{enc}: {enc.doublings} channel doublings ('2'), expected {bounds.min_doublings}..{hi}")
+    return enc
+
+
+def in_bounds(enc: Encoding, bounds: EncodingBounds) -> bool:
+    """True if :func:`check_encoding` accepts ``enc``."""
+    try:
+        check_encoding(enc, bounds)
+    except SpecError:
+        return False
+    return True
+
+
+def contains(a: Encoding, b: Encoding) -> bool:
+    """True if ``b`` is a sub-network of ``a``: ``a`` is deeper and/or wider, otherwise equal.
+
+    Definition: same block type, same number of stages, ``a.base_channels >= b.base_channels``
+    (the stem), and for every stage s there is an order-preserving injection phi from b's blocks
+    of stage s into a's blocks of stage s with ``width_a(phi(j)) >= width_b(j)`` for every block j
+    and ``width_a(last of s) >= width_b(last of s)`` (the stage's output, which the neck reads).
+    Widths are :meth:`Encoding.stage_channels` (block widths; bottlenecks expand both by 4).
+
+    So ``b`` is ``a`` with some blocks removed (a residual block can be the identity) and some
+    channels dropped. Widths never fall along a network, so the best injection maps b's blocks
+    onto the *last* ``len(b_s)`` blocks of a's stage s; that alignment is what is tested here
+    (``tests/test_encoding.py`` checks it against every injection).
+    """
+    if a.block != b.block or len(a.stages) != len(b.stages) or a.base_channels < b.base_channels:
+        return False
+    for wa, wb in zip(a.stage_channels(), b.stage_channels()):
+        if len(wa) < len(wb):
+            return False
+        if any(x < y for x, y in zip(wa[len(wa) - len(wb):], wb)):
+            return False
+    return True
+
+
+def spec_contains(a: "DetectorSpec", b: "DetectorSpec") -> bool:
+    """True if detector ``a`` contains ``b``: the same structure, a deeper/wider backbone, wider FPN.
+
+    Same neck kind and levels, RPN, head (kind, stages, FC width), input size and norm; backbone
+    encodings with :func:`contains` (named backbones must be equal); ``a``'s FPN channels >= ``b``'s.
+    """
+    na, nb = a.neck, b.neck
+    if (na.kind, na.first, na.last) != (nb.kind, nb.first, nb.last) or na.channels < nb.channels:
+        return False
+    if (a.rpn, a.head, a.input_size, a.norm) != (b.rpn, b.head, b.input_size, b.norm):
+        return False
+    if a.backbone.is_encoding and b.backbone.is_encoding:
+        return contains(parse_encoding(a.backbone.name), parse_encoding(b.backbone.name))
+    return a.backbone == b.backbone

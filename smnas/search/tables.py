@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from smnas.io import atomic_path
+from smnas.search.pareto import crowding_distance, non_dominated_sort
 
-COLUMNS = ["arch", "stage", "generation", "parent", "status", "reason", "map", "map50", "latency_ms",
-           "gmacs", "params", "device", "train_seconds", "epochs", "front_rank", "crowding"]
+COLUMNS = ["arch", "stage", "generation", "parent", "status", "reason", "map", "map50", "map75", "maps", "mapm",
+           "mapl", "latency_ms", "gmacs", "params", "backbone_gmacs", "backbone_params", "device", "train_seconds",
+           "epochs", "front_rank", "crowding"]
 
 
 def rank_population(df: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """Add ``front_rank`` and ``crowding`` by non-dominated sorting of (-map, cost) (pymoo).
+    """Add ``front_rank`` and ``crowding`` by non-dominated sorting of (-map, cost) (pareto.py).
 
     Rows whose status is not "ok" get front_rank -1 and crowding NaN.
     """
@@ -33,10 +33,15 @@ def rank_population(df: pd.DataFrame, cost: str) -> pd.DataFrame:
     ok = df.index[df["status"] == "ok"]
     if len(ok):
         objectives = np.column_stack([-df.loc[ok, "map"].to_numpy(float), df.loc[ok, cost].to_numpy(float)])
-        for rank, members in enumerate(NonDominatedSorting().do(objectives)):
+        bad = ~np.isfinite(objectives).all(axis=1)
+        if bad.any():
+            row = df.loc[ok[bad][0]]
+            raise ValueError(f"row with arch {row['arch']!r} has status ok but map={row['map']}, {cost}={row[cost]}: "
+                             "an evaluated candidate needs finite objectives")
+        for rank, members in enumerate(non_dominated_sort(objectives)):
             idx = ok[members]
             df.loc[idx, "front_rank"] = rank
-            df.loc[idx, "crowding"] = calc_crowding_distance(objectives[members])
+            df.loc[idx, "crowding"] = crowding_distance(objectives[members])
     return df
 
 

@@ -1,0 +1,92 @@
+"""Workflow benchmarks: the main job's wall time and overhead share, and planning time.
+
+    .venv/bin/python bench/workflow.py main    # the default laptop search (config/config.yaml), fresh folder
+    .venv/bin/python bench/workflow.py plan    # `snakemake -n` on a simulated 20 x 50 search
+
+main: wall time of `snakemake --cores 2` from nothing (target: at most 15 minutes on 2 cores),
+and the share of job time spent outside training and evaluation: 1 - (seconds inside the training
+loops and the evaluation passes, from train.json and the evaluate jobs' benchmarks) / (seconds of
+all jobs, from Snakemake's benchmark files and the job logs' start/end). Target: under 10%.
+plan: tables for 20 generations x 50 candidates are simulated (no training); the time
+`snakemake -n` takes to build the DAG of all 3,000 candidate jobs (target: under 10 s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(workdir: Path, *args: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+                    *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0
+
+
+def bench_main(keep: Path | None) -> None:
+    workdir = keep or Path(tempfile.mkdtemp(prefix="smnas-main-"))
+    wall = snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"))
+    jobs = {f: pd.read_csv(f, sep="\t")["s"].iloc[0] for f in workdir.glob("results/benchmarks/**/*.tsv")}
+    job_total = sum(jobs.values())
+    train_inside = sum(json.loads(p.read_text())["seconds"] for p in workdir.glob("results/**/train.json"))
+    eval_jobs = sum(v for f, v in jobs.items() if "evaluate" in f.name)
+    inside = train_inside + eval_jobs
+    print(f"{'quantity':<52}{'value':>12}")
+    print(f"{'main job wall time (s), 2 cores':<52}{wall:>12.1f}")
+    print(f"{'sum of benchmarked job times (s)':<52}{job_total:>12.1f}")
+    print(f"{'inside training loops (s)':<52}{train_inside:>12.1f}")
+    print(f"{'evaluation jobs (s)':<52}{eval_jobs:>12.1f}")
+    print(f"{'share of job time outside training + evaluation':<52}{1 - inside / job_total:>12.1%}")
+    print(f"{'share of wall x 2 cores outside training + evaluation':<52}{1 - inside / (2 * wall):>12.1%}")
+    print(f"(results in {workdir})")
+
+
+def bench_plan(generations: int, population: int) -> None:
+    from smnas.models.spec import spec_hash
+    from smnas.search.space import StageOneSpace
+    from smnas.search.tables import make_table, rank_population, write_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        cfg = (REPO / "config/config.yaml").read_text()
+        cfg = cfg.replace("generations: 2               # g = 0", f"generations: {generations}  # g = 0")
+        cfg = cfg.replace("population: 4               # candidates", f"population: {population}  # candidates")
+        (workdir / "config.yaml").write_text(cfg)
+        specs = StageOneSpace(input_sizes=tuple((w, w * 3 // 4) for w in range(64, 1024, 8))).sample(generations * population, seed=0)
+        rows = []
+        for g in range(generations):
+            gen = [{"arch": str(s), "stage": "stage1", "generation": g, "parent": "", "status": "pending", "reason": "",
+                    "cost": float("nan"), "hash": spec_hash(s)} for s in specs[g * population:(g + 1) * population]]
+            path = workdir / f"results/stage1/gen{g}/candidates.parquet"
+            path.parent.mkdir(parents=True)
+            pd.DataFrame(gen).to_parquet(path)
+            rows += [dict(r, status="ok", map=0.1, gmacs=1.0, latency_ms=1.0) for r in gen]
+            write_table(rank_population(make_table(rows), "latency_ms"), workdir / f"results/stage1/gen{g}/population.parquet")
+        # sample outputs exist, candidate outputs do not: the DAG holds every candidate's jobs
+        args = ["-n", "--cores", "2", "--configfile", str(workdir / "config.yaml"), "stage1"]
+        times = [snakemake(workdir, *args) for _ in range(2)]
+    print(f"{'planning':<52}{'seconds':>12}")
+    print(f"{f'snakemake -n stage1, {generations} x {population} candidates':<52}{min(times):>12.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["main", "plan"])
+    p.add_argument("--keep", type=Path, default=None, help="main: run in this folder instead of a temporary one")
+    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--population", type=int, default=50)
+    args = p.parse_args()
+    bench_main(args.keep) if args.what == "main" else bench_plan(args.generations, args.population)
+
+
+if __name__ == "__main__":
+    main()

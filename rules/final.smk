@@ -1,0 +1,100 @@
+# Final models: architectures picked from the stage-two front (front0, front1, ...) and the
+# paper's named models E0..E5, switched from GN+WS to BatchNorm, trained longer with flip and
+# scale-jitter augmentation, evaluated with the official COCO metrics.
+
+
+def final_names():
+    return [f"front{i}" for i in range(config["final"]["from_front"])] + list(config["final"]["paper_models"])
+
+
+def final_targets(wildcards=None):
+    return [f"results/final/{n}/metrics.json" for n in final_names()]
+
+
+def transfer_targets(dataset):
+    return [f"results/transfer/{dataset}/{n}/metrics.json" for n in final_names()]
+
+
+def final_inputs(wildcards):
+    """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
+    data = search_data()
+    inputs = {"train_json": data["train_json"], "val_json": data["val_json"]}
+    if wildcards.name.startswith("front"):
+        inputs["front"] = checkpoints.front.get(stage="stage2").output.front
+    return inputs
+
+
+rule final_train:
+    """Final training of one architecture (BN, long schedule, flip + scale jitter)."""
+    input:
+        unpack(final_inputs),
+    output:
+        model="results/final/{name}/model.pt",
+        status="results/final/{name}/train.json",
+        arch="results/final/{name}/arch.txt",
+    params:
+        data=lambda wc: search_data(),
+        options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
+        final=config["final"],
+    log:
+        "results/logs/final/{name}/train.log",
+    benchmark:
+        "results/benchmarks/final/{name}.train.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if GPU else 4000,
+        runtime=lambda wc: config["runtime_minutes"]["final"],
+    script:
+        "../scripts/final_train.py"
+
+
+rule final_time:
+    """Inference time of a final model (exclusive, as in the search)."""
+    input:
+        model=rules.final_train.output.model,
+        status=rules.final_train.output.status,
+        arch=rules.final_train.output.arch,
+    output:
+        "results/final/{name}/latency.json",
+    params:
+        options=lambda wc: stage_options("final"),
+        runs=config["latency_runs"],
+    log:
+        "results/logs/final/{name}/time.log",
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../scripts/time.py"
+
+
+rule final_evaluate:
+    """Official COCO metrics (AP, AP50, AP75, APs/m/l) of a final model."""
+    input:
+        model=rules.final_train.output.model,
+        status=rules.final_train.output.status,
+        arch=rules.final_train.output.arch,
+        latency=rules.final_time.output,
+    output:
+        "results/final/{name}/metrics.json",
+    params:
+        data=lambda wc: search_data(),
+        options=lambda wc: stage_options("final"),
+    log:
+        "results/logs/final/{name}/evaluate.log",
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule final:
+    """Target: every final model trained and evaluated."""
+    input:
+        final_targets,

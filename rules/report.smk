@@ -1,0 +1,23 @@
+# Summary plots and tables: backbone-factor correlations with mAP, final and transfer metrics.
+
+
+rule report_plots:
+    """Backbone factors vs mAP (all models and the front), and the final/transfer metrics table."""
+    input:
+        stage1="results/stage1/front.parquet",
+        stage2="results/stage2/front.parquet",
+        populations=lambda wc: [f"results/{s}/gen{last_gen(s)}/population.parquet" for s in STAGES],
+        final=final_targets,
+        voc=lambda wc: transfer_targets("voc"),
+        bdd=lambda wc: transfer_targets("bdd"),
+    output:
+        correlation=report("results/analysis/backbone_factors.png", category="Analysis",
+                           caption="../report/factors.rst"),
+        correlation_table="results/analysis/backbone_factors.csv",
+        metrics=report("results/analysis/final_metrics.csv", category="Final models",
+                       caption="../report/final.rst"),
+    log:
+        "results/logs/report_plots.log",
+    localrule: True
+    script:
+        "../scripts/report_plots.py"

@@ -1,0 +1,142 @@
+# One search generation g of a stage, as file targets:
+#   sample (g = 0: random / seeded; g > 0: mutate the front of g-1; stage two: Partial Order
+#   Pruning) -> train -> time -> evaluate -> rank (non-dominated sorting) -> sample g+1 ...
+# Candidates live in results/{stage}/candidates/{hash}/, keyed by the hash of the canonical
+# architecture string, so an architecture evaluated before is found, never trained again.
+
+
+checkpoint sample:
+    """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation."""
+    input:
+        population=previous_population,
+        stage1_front=lambda wc: "results/stage1/front.parquet" if wc.stage == "stage2" and wc.gen == "0" else [],
+    output:
+        table="results/{stage}/gen{gen}/candidates.parquet",
+    params:
+        config=config,
+    log:
+        "results/logs/{stage}/gen{gen}/sample.log",
+    localrule: True
+    script:
+        "../scripts/sample.py"
+
+
+rule train:
+    """Short training of one candidate; resumes from its last epoch after a crash."""
+    output:
+        model="results/{stage}/candidates/{hash}/model.pt",
+        status="results/{stage}/candidates/{hash}/train.json",
+    input:
+        train_json=lambda wc: search_data()["train_json"],
+        val_json=lambda wc: search_data()["val_json"],
+    params:
+        arch=arch_of,
+        data=lambda wc: search_data(),
+        options=lambda wc: stage_options(wc.stage),
+    log:
+        "results/logs/{stage}/candidates/{hash}/train.log",
+    benchmark:
+        "results/benchmarks/{stage}/{hash}.train.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if GPU else 4000,
+        runtime=lambda wc: config["runtime_minutes"]["train"],
+    script:
+        "../scripts/train.py"
+
+
+rule time:
+    """Median batch-1 inference time on the target device; never shares the device."""
+    input:
+        model=rules.train.output.model,
+        status=rules.train.output.status,
+    output:
+        "results/{stage}/candidates/{hash}/latency.json",
+    params:
+        arch=arch_of,
+        options=lambda wc: stage_options(wc.stage),
+        runs=config["latency_runs"],
+    log:
+        "results/logs/{stage}/candidates/{hash}/time.log",
+    benchmark:
+        "results/benchmarks/{stage}/{hash}.time.tsv"
+    # All local cores: nothing runs beside a timing job. On SLURM: a whole node (profile).
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../scripts/time.py"
+
+
+rule evaluate:
+    """COCO mAP on the validation split, merged with training and timing into the table row."""
+    input:
+        model=rules.train.output.model,
+        status=rules.train.output.status,
+        latency=rules.time.output,
+    output:
+        "results/{stage}/candidates/{hash}/metrics.json",
+    params:
+        arch=arch_of,
+        data=lambda wc: search_data(),
+        options=lambda wc: stage_options(wc.stage),
+    log:
+        "results/logs/{stage}/candidates/{hash}/evaluate.log",
+    benchmark:
+        "results/benchmarks/{stage}/{hash}.evaluate.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule rank:
+    """Everything evaluated up to generation g, ranked into Pareto fronts (non-dominated sorting)."""
+    input:
+        candidates=generation_candidates,
+        metrics=generation_metrics,
+        previous=previous_population,
+    output:
+        "results/{stage}/gen{gen}/population.parquet",
+    params:
+        cost=lambda wc: config[wc.stage]["cost"],
+    log:
+        "results/logs/{stage}/gen{gen}/rank.log",
+    localrule: True
+    script:
+        "../scripts/rank.py"
+
+
+checkpoint front:
+    """The stage's Pareto front after its last generation (stage two and final training read it)."""
+    input:
+        populations=lambda wc: [f"results/{wc.stage}/gen{g}/population.parquet" for g in range(last_gen(wc.stage) + 1)],
+    output:
+        front="results/{stage}/front.parquet",
+        plot=report("results/{stage}/fronts.png", category="Search", subcategory="{stage}",
+                    caption="../report/fronts.rst"),
+    params:
+        cost=lambda wc: config[wc.stage]["cost"],
+    log:
+        "results/logs/{stage}/front.log",
+    localrule: True
+    script:
+        "../scripts/front.py"
+
+
+rule stage1:
+    """Target: the structural search."""
+    input:
+        "results/stage1/front.parquet",
+
+
+rule stage2:
+    """Target: the modular search (reads the stage-one front)."""
+    input:
+        "results/stage2/front.parquet",

@@ -1,0 +1,76 @@
+# Transfer: the final architectures trained and evaluated on Pascal VOC (mAP at IoU 0.5, VOC07
+# test) and BDD100K (COCO AP, 10 classes) with the final recipe. Paths come from the config;
+# without them, the built-in VOC- and BDD-layout variants are used.
+
+
+def transfer_data(dataset):
+    """COCO JSON (converted by rules/data.smk) and image folders of a transfer dataset."""
+    from smnas.workflow import transfer_image_dirs
+
+    train_split, val_split = ("train", "test") if dataset == "voc" else ("train", "val")
+    images = transfer_image_dirs(dataset, config["transfer"][dataset], BUILTIN)
+    return {
+        "train_json": f"{DATA}/{dataset}/{train_split}.json",
+        "train_images": images["train"],
+        "val_json": f"{DATA}/{dataset}/{val_split}.json",
+        "val_images": images["val"],
+    }
+
+
+rule transfer_train:
+    """Train a final architecture on a transfer dataset (BN, final recipe)."""
+    input:
+        train_json=lambda wc: transfer_data(wc.dataset)["train_json"],
+        val_json=lambda wc: transfer_data(wc.dataset)["val_json"],
+        arch=rules.final_train.output.arch,
+    output:
+        model="results/transfer/{dataset}/{name}/model.pt",
+        status="results/transfer/{dataset}/{name}/train.json",
+    params:
+        data=lambda wc: transfer_data(wc.dataset),
+        options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
+    log:
+        "results/logs/transfer/{dataset}/{name}/train.log",
+    benchmark:
+        "results/benchmarks/transfer/{dataset}.{name}.train.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=16000 if GPU else 4000,
+        runtime=lambda wc: config["runtime_minutes"]["final"],
+    script:
+        "../scripts/transfer_train.py"
+
+
+rule transfer_evaluate:
+    """COCO AP (BDD100K) or VOC-style mAP at IoU 0.5 (Pascal VOC) of a transferred model."""
+    input:
+        model=rules.transfer_train.output.model,
+        status=rules.transfer_train.output.status,
+        arch=rules.final_train.output.arch,
+    output:
+        "results/transfer/{dataset}/{name}/metrics.json",
+    params:
+        data=lambda wc: transfer_data(wc.dataset),
+        options=lambda wc: stage_options("final"),
+    log:
+        "results/logs/transfer/{dataset}/{name}/evaluate.log",
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule transfer_voc:
+    """Target: final architectures on Pascal VOC."""
+    input:
+        lambda wc: transfer_targets("voc"),
+
+
+rule transfer_bdd:
+    """Target: final architectures on BDD100K."""
+    input:
+        lambda wc: transfer_targets("bdd"),

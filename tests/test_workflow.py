@@ -1,0 +1,129 @@
+"""The Snakemake workflow end to end at toy size (tests/config_tiny.yaml), resume after SIGKILL,
+linting and planning. These run real Snakemake processes: minutes, not seconds."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "config_tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
+
+pytestmark = pytest.mark.slow
+
+
+def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *args],
+                          capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("wf")
+    run(workdir)
+    return workdir
+
+
+def test_whole_workflow_tables(full_run):
+    res = full_run / "results"
+    for stage, gens in (("stage1", 2), ("stage2", 2)):
+        pop = pd.read_parquet(res / stage / f"gen{gens - 1}" / "population.parquet")
+        assert set(pop["generation"]) == {0, 1}
+        assert pop["arch"].is_unique  # nothing evaluated twice
+        ok = pop[pop["status"] == "ok"]
+        assert len(ok) >= 2 and ok["map"].between(0, 1).all() and (ok["gmacs"] > 0).all()
+        front = pd.read_parquet(res / stage / "front.parquet")
+        assert len(front) >= 1 and (front["front_rank"] == 0).all()
+        cost = "gmacs" if stage == "stage1" else "backbone_gmacs"
+        # the front is non-dominated: no evaluated model is at least as good in both objectives and better in one
+        for _, f in front.iterrows():
+            better = ok[(ok["map"] >= f["map"]) & (ok[cost] <= f[cost]) & ((ok["map"] > f["map"]) | (ok[cost] < f[cost]))]
+            assert better.empty, (f["arch"], better["arch"].tolist())
+        assert (res / stage / "fronts.png").stat().st_size > 1000
+    stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
+    assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
+    stage2 = pd.read_parquet(res / "stage2" / "gen1" / "population.parquet")
+    assert stage2["arch"].str.match(r"^(basicblock|bottleneck|Xbottleneck|invres)_").all()
+    # stage two searched inside the stage-one front's structures (same neck levels, RPN, head, size)
+    front1 = {_structure(a) for a in pd.read_parquet(res / "stage1" / "front.parquet")["arch"]}
+    assert {_structure(a) for a in stage2["arch"]} <= front1
+
+
+def _structure(arch: str) -> tuple[str, ...]:
+    _, neck, rpn, head, size, _ = arch.split("+")
+    return neck.rsplit(":", 1)[0], rpn, head.split(":")[0], size
+
+
+def test_final_and_transfer_metrics(full_run):
+    res = full_run / "results"
+    for name in ("front0", "E0"):
+        m = json.loads((res / "final" / name / "metrics.json").read_text())
+        assert m["status"] == "ok" and m["arch"].endswith("+bn") and {"map", "map50", "map75", "maps", "mapm", "mapl"} <= set(m)
+        assert json.loads((res / "final" / name / "train.json").read_text())["train"]["epochs"] == 1
+        voc = json.loads((res / "transfer" / "voc" / name / "metrics.json").read_text())
+        assert voc["arch"] == m["arch"] and 0 <= voc["voc_map50"] <= 1
+        bdd = json.loads((res / "transfer" / "bdd" / name / "metrics.json").read_text())
+        assert bdd["arch"] == m["arch"] and 0 <= bdd["map"] <= 1
+    table = pd.read_csv(res / "analysis" / "final_metrics.csv")
+    assert set(table["kind"]) == {"final", "transfer_voc", "transfer_bdd"} and len(table) == 6
+    assert (res / "analysis" / "backbone_factors.png").exists()
+
+
+def test_report_html(full_run):
+    run(full_run, "--report", "results/report.html")
+    html = (full_run / "results" / "report.html").read_text(errors="ignore")
+    assert "fronts.png" in html and "final_metrics.csv" in html
+
+
+def _front(workdir: Path) -> pd.DataFrame:
+    df = pd.read_parquet(workdir / "results" / "stage1" / "front.parquet")
+    return df[["arch", "map", "gmacs"]].sort_values("arch").reset_index(drop=True)
+
+
+def test_resume_after_sigkill_gives_the_same_front(full_run, tmp_path):
+    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "stage1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Kill everything (snakemake and its jobs) once a training has written its first checkpoint.
+    deadline = time.time() + 600
+    while not list(tmp_path.glob("results/stage1/candidates/*/train/last.pt")):
+        assert proc.poll() is None and time.time() < deadline, "the workflow ended before any checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results" / "stage1" / "front.parquet").exists()
+    run(tmp_path, "stage1")
+    pd.testing.assert_frame_equal(_front(tmp_path), _front(full_run))
+
+
+def test_lint_and_plans(tmp_path):
+    lint = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--lint"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
+    plan = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm"], capture_output=True, text=True, cwd=REPO)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "sample" in plan.stdout
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("generations: 2\n  population: 2\n  cost: gmacs", "generations: 0\n  population: 2\n  cost: gmacs"))
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(bad), "-n"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "generations" in proc.stdout + proc.stderr
+    bad.write_text(TINY.read_text() + "\nunknown_key: 1\n")
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(bad), "-n"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown_key" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
