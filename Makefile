@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --printshellcmds
+	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --report results/report.html
 
 test: setup
 	$(PY) -m pytest -q
@@ -26,4 +27,5 @@ lint: setup
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf results/stage1 results/stage2 results/final results/transfer results/data .snakemake
+	rm -rf results/stage1 results/stage2 results/final results/transfer results/data results/analysis \
+	       results/logs results/benchmarks results/report.html .snakemake

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ from pycocotools.cocoeval import COCOeval
 
 from smnas.data.coco import describe_ids, load_coco, validate_coco
 from smnas.errors import DataFormatError
-from smnas.io import atomic_write_json
+from smnas.io import atomic_write_json, read_json
 
 # Names of COCOeval.stats entries, in its order.
 COCO_STAT_KEYS: tuple[str, ...] = (
@@ -152,13 +151,7 @@ def load_detections(dets: DetsLike) -> tuple[list[dict[str, Any]], str]:
     if isinstance(dets, list):
         return dets, "<detections list>"
     path = Path(dets)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: detections file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "a detections JSON (a list of COCO results)")
     if not isinstance(data, list):
         raise DataFormatError(
             f"{path}: expected a JSON list of detections, got a {type(data).__name__}"

@@ -42,6 +42,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             yield f
 
 
+def read_json(path: str | os.PathLike, expected: str) -> Any:
+    """Load a JSON file; a missing or malformed file is a DataFormatError naming it and what was
+    ``expected`` (e.g. "a COCO instances JSON")."""
+    from smnas.errors import DataFormatError
+
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found (expected {expected})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=indent)  # dumps uses the C encoder; dump streams in pure Python

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,6 +45,9 @@ def check_config(config: dict[str, Any]) -> None:
     data = config["data"]
     if "coco" not in data and "builtin" not in data:
         raise SmnasError("config data: give either data.builtin (the synthetic dataset) or data.coco (your paths)")
+    for name, path in (config["detector"].get("backbone_weights") or {}).items():
+        if not Path(path).is_file():
+            raise SmnasError(f"config detector.backbone_weights.{name}: {path} does not exist (weights are never downloaded)")
     for key, path in data.get("coco", {}).items():
         if not Path(path).exists():
             raise SmnasError(f"config data.coco.{key}: {path} does not exist")
@@ -70,9 +72,21 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
     return TrainConfig(seed=options["seed"], **options["train"])
 
 
-def detector_options(options: dict[str, Any], train_json: str | Path) -> DetectorOptions:
-    num_classes = len(load_coco(train_json, check_images=False)["categories"])
-    return DetectorOptions(num_classes=num_classes, **options["detector"])
+def detector_options(options: dict[str, Any], num_classes: int, arch: str | None = None) -> DetectorOptions:
+    """DetectorOptions from the config's ``detector`` block. ``backbone_weights`` maps backbone
+    names to local ImageNet checkpoints; they initialise BN models of width 1.0 (``arch``)."""
+    det = dict(options["detector"])
+    weights = det.pop("backbone_weights", None) or {}
+    path = None
+    if arch is not None:
+        spec = parse_spec(arch)
+        if spec.norm == "bn" and spec.backbone.width == 1.0:
+            path = weights.get(spec.backbone.name)
+    return DetectorOptions(num_classes=num_classes, backbone_weights=path, **det)
+
+
+def num_classes_of(train_json: str | Path) -> int:
+    return len(load_coco(train_json, check_images=False)["categories"])
 
 
 def lookup_arch(tables: Iterable[str | Path], hash_: str) -> str:
@@ -97,14 +111,15 @@ def run_train(arch: str, data: dict[str, str], options: dict[str, Any], workdir:
     torch.set_num_threads(threads)
     paths = DataPaths(**data)
     jitter = options.get("scale_jitter")
-    return train_candidate(parse_spec(arch), paths, train_config(options), detector_options(options, paths.train_json),
+    opts = detector_options(options, num_classes_of(paths.train_json), arch)
+    return train_candidate(parse_spec(arch), paths, train_config(options), opts,
                            workdir, device=options["device"], progress=False,
                            scale_jitter=tuple(jitter) if jitter else None)
 
 
 def run_time(arch: str, options: dict[str, Any], workdir: str | Path, runs: int) -> dict[str, Any]:
     num_classes = json.loads((Path(workdir) / "train.json").read_text())["num_classes"]
-    opts = DetectorOptions(num_classes=num_classes, **options["detector"])
+    opts = detector_options(options, num_classes)
     return time_candidate(parse_spec(arch), opts, workdir, device=options["device"], runs=runs, threads=1)
 
 
@@ -125,7 +140,7 @@ def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workd
     """evaluate_trained, plus the VOC-style mAP at IoU 0.5 for Pascal VOC."""
     torch.set_num_threads(1)
     paths = DataPaths(**data)
-    row = evaluate_trained(parse_spec(arch), paths, detector_options(options, paths.train_json), workdir,
+    row = evaluate_trained(parse_spec(arch), paths, detector_options(options, num_classes_of(paths.train_json)), workdir,
                            device=options["device"], progress=False)
     if voc_metric and row["status"] == "ok":
         row["voc_map50"] = voc_map50(paths.val_json, Path(workdir) / "detections.json")["mAP50"]
@@ -242,8 +257,3 @@ def write_report_tables(populations: list[str | Path], metrics: list[str | Path]
     write_csv(corr, correlation_csv)
     plot_factor_correlations(corr, plot)
     write_csv(metrics_table(metrics), metrics_csv)
-
-
-def seeded_rng(seed: int, stage: str, generation: int) -> random.Random:
-    """One RNG per (seed, stage, generation): a rerun samples exactly the same candidates."""
-    return random.Random(f"{seed}/{stage}/{generation}")

@@ -1,7 +1,6 @@
 """Cascade R-CNN heads: stage chaining, per-stage thresholds and coders, averaged scores, training."""
 
 import math
-from collections import OrderedDict
 
 import pytest
 import torch

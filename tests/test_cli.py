@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from smnas.cli import build_parser, main
+from smnas.cli import main
 from smnas.evaluation import coco_evaluate
 
 from conftest import FIXTURES

@@ -1,7 +1,6 @@
 """The training loop: exact resume, non-finite loss handling, schedule."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *args],
+    # --configfile takes several files: targets and other options go before it
+    proc = subprocess.run([*SNAKEMAKE, *args, "--directory", str(workdir), "--configfile", str(TINY)],
                           capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
@@ -94,7 +94,7 @@ def _front(workdir: Path) -> pd.DataFrame:
 
 
 def test_resume_after_sigkill_gives_the_same_front(full_run, tmp_path):
-    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "stage1"],
+    proc = subprocess.Popen([*SNAKEMAKE, "stage1", "--directory", str(tmp_path), "--configfile", str(TINY)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     # Kill everything (snakemake and its jobs) once a training has written its first checkpoint.
@@ -105,6 +105,8 @@ def test_resume_after_sigkill_gives_the_same_front(full_run, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "results" / "stage1" / "front.parquet").exists()
+    # What the README says to do after a hard kill: release the stale lock, run the same command.
+    run(tmp_path, "--unlock")
     run(tmp_path, "stage1")
     pd.testing.assert_frame_equal(_front(tmp_path), _front(full_run))
 

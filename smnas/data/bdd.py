@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import warnings
@@ -30,6 +29,7 @@ from PIL import Image
 
 from smnas.data.coco import validate_coco
 from smnas.errors import DataFormatError
+from smnas.io import read_json
 
 BDD_CLASSES: tuple[str, ...] = (
     "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
@@ -105,13 +105,7 @@ def bdd_to_coco(
 
 
 def _read_frames(path: Path) -> list[Any]:
-    try:
-        with open(path) as f:
-            frames = json.load(f)
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found (expected a BDD100K det_20 JSON)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    frames = read_json(path, "a BDD100K det_20 JSON")
     # Scalabel's dataset form wraps the list: {"frames": [...], "config": ...}.
     if isinstance(frames, dict) and isinstance(frames.get("frames"), list):
         frames = frames["frames"]

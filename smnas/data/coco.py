@@ -18,7 +18,6 @@ Usage::
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from smnas.errors import DataFormatError
-from smnas.io import atomic_write_json
+from smnas.io import atomic_write_json, read_json
 
 # Boxes may overhang the image border by this much: annotation tools and the +1 pixel-inclusive
 # conventions of VOC and BDD100K put valid boxes up to a pixel past the edge.
@@ -59,13 +58,7 @@ def load_coco(
             the message names the file, the entry and what was expected.
     """
     path = Path(json_path)
-    try:
-        with open(path) as f:
-            coco = json.load(f)
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found (expected a COCO instances JSON)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    coco = read_json(path, "a COCO instances JSON")
     return validate_coco(coco, str(path), image_dir, check_images, drop_empty_boxes)
 
 

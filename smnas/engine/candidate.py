@@ -52,12 +52,16 @@ def model_cost(spec: DetectorSpec, num_classes: int) -> dict[str, Any]:
     """Parameters and MACs of the backbone alone and of the whole detector at ``spec.input_size``.
 
     MACs of the whole detector count the backbone, neck and heads on one image (RoI ops that the
-    counter does not know are left out); ``backbone_*`` exclude any classifier.
+    counter does not know are left out); ``backbone_*`` exclude any classifier. The RoI heads'
+    share depends on how many proposals survive NMS, so weights and image come from a fixed
+    seed: the same spec always gets the same figure.
     """
     width, height = spec.input_size
-    image = torch.rand(3, height, width)
-    backbone = build_features(spec).body
-    detector = build_detector(spec, DetectorOptions(num_classes=num_classes))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        image = torch.rand(3, height, width)
+        backbone = build_features(spec).body
+        detector = build_detector(spec, DetectorOptions(num_classes=num_classes))
     return {
         "spec": str(spec),
         "backbone_params": count_params(backbone),

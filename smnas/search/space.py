@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +19,7 @@ import yaml
 
 from smnas.errors import SmnasError, SpecError
 from smnas.models.spec import (
-    DEFAULT_FC, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
+    BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
 )
 
 
