@@ -71,3 +71,38 @@ def stage_options(stage):
         "train": config[stage]["train"],
         "detector": config["detector"],
     }
+
+
+def final_names():
+    return [f"front{i}" for i in range(config["final"]["from_front"])] + list(config["final"]["paper_models"])
+
+
+def final_targets(wildcards=None):
+    return [f"results/final/{n}/metrics.json" for n in final_names()]
+
+
+def transfer_targets(dataset):
+    return [f"results/transfer/{dataset}/{n}/metrics.json" for n in final_names()]
+
+
+def final_inputs(wildcards):
+    """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
+    data = search_data()
+    inputs = {"train_json": data["train_json"], "val_json": data["val_json"]}
+    if wildcards.name.startswith("front"):
+        inputs["front"] = checkpoints.front.get(stage="stage2").output.front
+    return inputs
+
+
+def transfer_data(dataset):
+    """COCO JSON (converted by rules/data.smk) and image folders of a transfer dataset."""
+    from smnas.workflow import transfer_image_dirs
+
+    train_split, val_split = ("train", "test") if dataset == "voc" else ("train", "val")
+    images = transfer_image_dirs(dataset, config["transfer"][dataset], BUILTIN)
+    return {
+        "train_json": f"{DATA}/{dataset}/{train_split}.json",
+        "train_images": images["train"],
+        "val_json": f"{DATA}/{dataset}/{val_split}.json",
+        "val_images": images["val"],
+    }

@@ -7,12 +7,14 @@ rule make_dataset:
         bdd_train=f"{BUILTIN}/bdd/labels/det_20/det_train.json",
         bdd_val=f"{BUILTIN}/bdd/labels/det_20/det_val.json",
     params:
-        out=BUILTIN,
+        out=lambda wc, output: str(Path(output.coco_train).parents[2]),
         seed=config["seed"],
         builtin=config["data"]["builtin"],
     log:
         "results/logs/make_dataset.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/make_dataset.py"
 
@@ -32,6 +34,8 @@ rule convert_voc:
     log:
         f"results/logs/convert_voc_{{split}}.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/convert_voc.py"
 
@@ -49,5 +53,7 @@ rule convert_bdd:
     log:
         f"results/logs/convert_bdd_{{split}}.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/convert_bdd.py"

@@ -3,27 +3,6 @@
 # scale-jitter augmentation, evaluated with the official COCO metrics.
 
 
-def final_names():
-    return [f"front{i}" for i in range(config["final"]["from_front"])] + list(config["final"]["paper_models"])
-
-
-def final_targets(wildcards=None):
-    return [f"results/final/{n}/metrics.json" for n in final_names()]
-
-
-def transfer_targets(dataset):
-    return [f"results/transfer/{dataset}/{n}/metrics.json" for n in final_names()]
-
-
-def final_inputs(wildcards):
-    """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
-    data = search_data()
-    inputs = {"train_json": data["train_json"], "val_json": data["val_json"]}
-    if wildcards.name.startswith("front"):
-        inputs["front"] = checkpoints.front.get(stage="stage2").output.front
-    return inputs
-
-
 rule final_train:
     """Final training of one architecture (BN, long schedule, flip + scale jitter)."""
     input:
@@ -45,6 +24,8 @@ rule final_train:
         gpu=GPU,
         mem_mb=16000 if GPU else 4000,
         runtime=lambda wc: config["runtime_minutes"]["final"],
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/final_train.py"
 
@@ -67,6 +48,8 @@ rule final_time:
         gpu=GPU,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/time.py"
 
@@ -90,6 +73,8 @@ rule final_evaluate:
         gpu=GPU,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/evaluate.py"
 

@@ -19,5 +19,7 @@ rule report_plots:
     log:
         "results/logs/report_plots.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/report_plots.py"

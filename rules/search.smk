@@ -17,6 +17,8 @@ checkpoint sample:
     log:
         "results/logs/{stage}/gen{gen}/sample.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/sample.py"
 
@@ -42,6 +44,8 @@ rule train:
         gpu=GPU,
         mem_mb=16000 if GPU else 4000,
         runtime=lambda wc: config["runtime_minutes"]["train"],
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/train.py"
 
@@ -67,6 +71,8 @@ rule time:
         gpu=GPU,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/time.py"
 
@@ -92,6 +98,8 @@ rule evaluate:
         gpu=GPU,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -109,6 +117,8 @@ rule rank:
     log:
         "results/logs/{stage}/gen{gen}/rank.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/rank.py"
 
@@ -126,6 +136,8 @@ checkpoint front:
     log:
         "results/logs/{stage}/front.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/front.py"
 

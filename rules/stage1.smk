@@ -22,6 +22,8 @@ rule stage1_evaluate_candidate:
         gpus=lambda wc: 1 if config["device"].startswith("cuda") else 0,
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/evaluate_candidate.py"
 
@@ -39,5 +41,7 @@ rule stage1_collect:
     log:
         "results/logs/stage1/collect.log",
     localrule: True
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/collect_generation.py"

@@ -3,20 +3,6 @@
 # without them, the built-in VOC- and BDD-layout variants are used.
 
 
-def transfer_data(dataset):
-    """COCO JSON (converted by rules/data.smk) and image folders of a transfer dataset."""
-    from smnas.workflow import transfer_image_dirs
-
-    train_split, val_split = ("train", "test") if dataset == "voc" else ("train", "val")
-    images = transfer_image_dirs(dataset, config["transfer"][dataset], BUILTIN)
-    return {
-        "train_json": f"{DATA}/{dataset}/{train_split}.json",
-        "train_images": images["train"],
-        "val_json": f"{DATA}/{dataset}/{val_split}.json",
-        "val_images": images["val"],
-    }
-
-
 rule transfer_train:
     """Train a final architecture on a transfer dataset (BN, final recipe)."""
     input:
@@ -38,6 +24,8 @@ rule transfer_train:
         gpu=GPU,
         mem_mb=16000 if GPU else 4000,
         runtime=lambda wc: config["runtime_minutes"]["final"],
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/transfer_train.py"
 
@@ -60,6 +48,8 @@ rule transfer_evaluate:
         gpu=GPU,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/smnas.yaml"
     script:
         "../scripts/evaluate.py"
 
