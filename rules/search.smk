@@ -66,7 +66,7 @@ rule time:
     benchmark:
         "results/benchmarks/{stage}/{hash}.time.tsv"
     # All local cores: nothing runs beside a timing job. On SLURM: a whole node (profile).
-    threads: workflow.cores
+    threads: timing_threads()
     resources:
         gpu=GPU,
         mem_mb=8000,
