@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +33,20 @@ def snakemake(workdir: Path, *args: str) -> float:
     return time.perf_counter() - t0
 
 
-def bench_main(keep: Path | None) -> None:
+def bench_main(keep: Path | None, wall: float | None = None) -> None:
     workdir = keep or Path(tempfile.mkdtemp(prefix="smnas-main-"))
-    wall = snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"))
+    if wall is None:  # else: analyse a finished run in --keep whose wall time was measured before
+        wall = snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"))
     jobs = {f: pd.read_csv(f, sep="\t")["s"].iloc[0] for f in workdir.glob("results/benchmarks/**/*.tsv")}
     job_total = sum(jobs.values())
-    train_inside = sum(json.loads(p.read_text())["seconds"] for p in workdir.glob("results/**/train.json"))
+    trainings = [*workdir.glob("results/stage*/candidates/*/train.json"), *workdir.glob("results/final/*/train.json"),
+                 *workdir.glob("results/transfer/*/*/train.json")]
+    train_inside = sum(json.loads(p.read_text())["seconds"] for p in trainings)
     eval_jobs = sum(v for f, v in jobs.items() if "evaluate" in f.name)
     inside = train_inside + eval_jobs
     print(f"{'quantity':<52}{'value':>12}")
     print(f"{'main job wall time (s), 2 cores':<52}{wall:>12.1f}")
+    print(f"{'models trained':<52}{len(trainings):>12d}")
     print(f"{'sum of benchmarked job times (s)':<52}{job_total:>12.1f}")
     print(f"{'inside training loops (s)':<52}{train_inside:>12.1f}")
     print(f"{'evaluation jobs (s)':<52}{eval_jobs:>12.1f}")
@@ -57,10 +62,9 @@ def bench_plan(generations: int, population: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        cfg = (REPO / "config/config.yaml").read_text()
-        cfg = cfg.replace("generations: 2               # g = 0", f"generations: {generations}  # g = 0")
-        cfg = cfg.replace("population: 4               # candidates", f"population: {population}  # candidates")
-        (workdir / "config.yaml").write_text(cfg)
+        cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+        cfg["stage1"].update(generations=generations, population=population)
+        (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
         specs = StageOneSpace(input_sizes=tuple((w, w * 3 // 4) for w in range(64, 1024, 8))).sample(generations * population, seed=0)
         rows = []
         for g in range(generations):
@@ -72,7 +76,7 @@ def bench_plan(generations: int, population: int) -> None:
             rows += [dict(r, status="ok", map=0.1, gmacs=1.0, latency_ms=1.0) for r in gen]
             write_table(rank_population(make_table(rows), "latency_ms"), workdir / f"results/stage1/gen{g}/population.parquet")
         # sample outputs exist, candidate outputs do not: the DAG holds every candidate's jobs
-        args = ["-n", "--cores", "2", "--configfile", str(workdir / "config.yaml"), "stage1"]
+        args = ["stage1", "-n", "--cores", "2", "--configfile", str(workdir / "config.yaml")]
         times = [snakemake(workdir, *args) for _ in range(2)]
     print(f"{'planning':<52}{'seconds':>12}")
     print(f"{f'snakemake -n stage1, {generations} x {population} candidates':<52}{min(times):>12.2f}")
@@ -82,10 +86,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["main", "plan"])
     p.add_argument("--keep", type=Path, default=None, help="main: run in this folder instead of a temporary one")
+    p.add_argument("--wall", type=float, default=None, help="main: only analyse --keep, whose run took WALL seconds")
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--population", type=int, default=50)
     args = p.parse_args()
-    bench_main(args.keep) if args.what == "main" else bench_plan(args.generations, args.population)
+    bench_main(args.keep, args.wall) if args.what == "main" else bench_plan(args.generations, args.population)
 
 
 if __name__ == "__main__":

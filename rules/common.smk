@@ -88,7 +88,8 @@ def final_targets(wildcards=None):
 
 
 def transfer_targets(dataset):
-    return [f"results/transfer/{dataset}/{n}/metrics.json" for n in final_names()]
+    names = config["transfer"].get("models") or final_names()
+    return [f"results/transfer/{dataset}/{n}/metrics.json" for n in names]
 
 
 def final_inputs(wildcards):

@@ -9,20 +9,21 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
-import torch
 
-from smnas.data.coco import load_coco
-from smnas.engine.candidate import DataPaths, evaluate_trained, time_candidate, train_candidate
-from smnas.engine.train import TrainConfig
 from smnas.errors import SmnasError
-from smnas.evaluation import voc_map50
 from smnas.io import atomic_open
-from smnas.models.build import DetectorOptions
 from smnas.models.spec import DetectorSpec, parse_spec, spec_hash
 from smnas.search.tables import make_table, rank_population, write_table
+
+if TYPE_CHECKING:
+    from smnas.engine.train import TrainConfig
+    from smnas.models.build import DetectorOptions
+
+# torch and the modules that need it are imported inside the functions that train or measure:
+# Snakemake imports this module to plan the workflow, and planning must stay fast.
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,17 @@ def stage2_space(config: dict[str, Any]):
     return StageTwoSpace.from_dict(config["stage2"]["space"], "config stage2.space")
 
 
-def train_config(options: dict[str, Any]) -> TrainConfig:
+def train_config(options: dict[str, Any]) -> "TrainConfig":
+    from smnas.engine.train import TrainConfig
+
     return TrainConfig(seed=options["seed"], **options["train"])
 
 
-def detector_options(options: dict[str, Any], num_classes: int, arch: str | None = None) -> DetectorOptions:
+def detector_options(options: dict[str, Any], num_classes: int, arch: str | None = None) -> "DetectorOptions":
     """DetectorOptions from the config's ``detector`` block. ``backbone_weights`` maps backbone
     names to local ImageNet checkpoints; they initialise BN models of width 1.0 (``arch``)."""
+    from smnas.models.build import DetectorOptions
+
     det = dict(options["detector"])
     weights = det.pop("backbone_weights", None) or {}
     path = None
@@ -86,28 +91,40 @@ def detector_options(options: dict[str, Any], num_classes: int, arch: str | None
 
 
 def num_classes_of(train_json: str | Path) -> int:
+    from smnas.data.coco import load_coco
+
     return len(load_coco(train_json, check_images=False)["categories"])
 
 
 def lookup_arch(tables: Iterable[str | Path], hash_: str) -> str:
-    """The architecture string of candidate ``hash_`` from a stage's candidates tables."""
-    for table in sorted(tables):
-        df = _read_table(str(table), Path(table).stat().st_mtime_ns)
-        hit = df.loc[df["hash"] == hash_, "arch"]
-        if len(hit):
-            return str(hit.iloc[0])
-    raise SmnasError(f"candidate {hash_} is in none of the candidates tables {sorted(map(str, tables))}")
+    """The architecture string of candidate ``hash_`` from a stage's candidates tables.
+
+    Called once per job while Snakemake plans, so the tables are indexed once (per content).
+    """
+    key = tuple(sorted((str(t), Path(t).stat().st_mtime_ns) for t in tables))
+    arch = _arch_index(key).get(hash_)
+    if arch is None:
+        raise SmnasError(f"candidate {hash_} is in none of the candidates tables {[t for t, _ in key]}")
+    return arch
 
 
-@functools.lru_cache(maxsize=64)
-def _read_table(path: str, _mtime: int) -> pd.DataFrame:
-    return pd.read_parquet(path, columns=["arch", "hash"])
+@functools.lru_cache(maxsize=8)
+def _arch_index(tables: tuple[tuple[str, int], ...]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for path, _mtime in tables:
+        df = pd.read_parquet(path, columns=["arch", "hash"])
+        index.update(zip(df["hash"], df["arch"]))
+    return index
 
 
 # ---- one candidate -------------------------------------------------------------------------
 
 def run_train(arch: str, data: dict[str, str], options: dict[str, Any], workdir: str | Path,
               threads: int = 1) -> dict[str, Any]:
+    import torch
+
+    from smnas.engine.candidate import DataPaths, train_candidate
+
     torch.set_num_threads(threads)
     paths = DataPaths(**data)
     jitter = options.get("scale_jitter")
@@ -118,6 +135,8 @@ def run_train(arch: str, data: dict[str, str], options: dict[str, Any], workdir:
 
 
 def run_time(arch: str, options: dict[str, Any], workdir: str | Path, runs: int) -> dict[str, Any]:
+    from smnas.engine.candidate import time_candidate
+
     num_classes = json.loads((Path(workdir) / "train.json").read_text())["num_classes"]
     opts = detector_options(options, num_classes)
     return time_candidate(parse_spec(arch), opts, workdir, device=options["device"], runs=runs, threads=1)
@@ -138,6 +157,11 @@ def write_arch(spec: DetectorSpec, path: str | Path) -> None:
 def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workdir: str | Path,
                  voc_metric: bool = False) -> dict[str, Any]:
     """evaluate_trained, plus the VOC-style mAP at IoU 0.5 for Pascal VOC."""
+    import torch
+
+    from smnas.engine.candidate import DataPaths, evaluate_trained
+    from smnas.evaluation import voc_map50
+
     torch.set_num_threads(1)
     paths = DataPaths(**data)
     row = evaluate_trained(parse_spec(arch), paths, detector_options(options, num_classes_of(paths.train_json)), workdir,

@@ -76,6 +76,9 @@ def slurm_cluster(tmp_path_factory):
     for p in procs:
         p.terminate()
         p.wait(timeout=30)
+    # With a slurm.conf but no controller, every `scontrol` (which the SLURM executor plugin runs
+    # whenever Snakemake starts) waits 9 s for a timeout: leave no config behind.
+    CONF.unlink()
 
 
 def test_search_generation_runs_through_slurm(slurm_cluster, tmp_path):

@@ -25,19 +25,11 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.ops.misc import Conv2dNormActivation
 
 from smnas.errors import SpecError
-from smnas.models.encoding import Encoding, parse_encoding
+from smnas.models.encoding import (  # noqa: F401  (re-exported: the named backbones' encodings)
+    BACKBONES, RESNET_ENCODINGS, Encoding, backbone_encoding, parse_encoding, scaled_channels,
+)
 from smnas.models.norm import NormKind, norm_layer, to_gnws
 
-# Named stage-one backbones as encodings (base channels scaled by the width multiplier).
-RESNET_ENCODINGS: dict[str, str] = {
-    "resnet18": "basicblock_64_11-21-21-21",
-    "resnet34": "basicblock_64_111-2111-211111-211",
-    "resnet50": "bottleneck_64_111-2111-211111-211",
-    "resnet101": "bottleneck_64_111-2111-2" + "1" * 22 + "-211",
-    "resnext50": "Xbottleneck_64_111-2111-211111-211",
-    "resnext101": "Xbottleneck_64_111-2111-2" + "1" * 22 + "-211",
-}
-BACKBONES = (*RESNET_ENCODINGS, "mobilenetv2")
 LEVEL_STRIDES = {"P1": 4, "P2": 8, "P3": 16, "P4": 32}
 
 
@@ -48,11 +40,6 @@ class Level:
     name: str  # "P1".."P6"
     channels: int
     stride: int
-
-
-def scaled_channels(channels: int, width: float) -> int:
-    """``channels * width`` rounded to a multiple of 8 (at least 8), so GroupNorm divides it."""
-    return max(8, int(round(channels * width / 8.0)) * 8)
 
 
 class ResNetBackbone(nn.Module):
@@ -168,12 +155,6 @@ class InvertedResidualBackbone(nn.Module):
             x = stage(x)
             out[f"P{i + 1}"] = x
         return out
-
-
-def backbone_encoding(name: str, width: float = 1.0) -> Encoding:
-    """The encoding of a named ResNet-family backbone at a width multiplier."""
-    enc = parse_encoding(RESNET_ENCODINGS[name])
-    return Encoding(enc.block, scaled_channels(enc.base_channels, width), enc.stages)
 
 
 def build_backbone(name: str, width: float = 1.0, norm: NormKind = "bn", weights: str | Path | None = None) -> nn.Module:

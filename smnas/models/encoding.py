@@ -241,3 +241,26 @@ def spec_contains(a: "DetectorSpec", b: "DetectorSpec") -> bool:
     if a.backbone.is_encoding and b.backbone.is_encoding:
         return contains(parse_encoding(a.backbone.name), parse_encoding(b.backbone.name))
     return a.backbone == b.backbone
+
+
+# Named stage-one backbones as encodings (base channels scaled by the width multiplier).
+RESNET_ENCODINGS: dict[str, str] = {
+    "resnet18": "basicblock_64_11-21-21-21",
+    "resnet34": "basicblock_64_111-2111-211111-211",
+    "resnet50": "bottleneck_64_111-2111-211111-211",
+    "resnet101": "bottleneck_64_111-2111-2" + "1" * 22 + "-211",
+    "resnext50": "Xbottleneck_64_111-2111-211111-211",
+    "resnext101": "Xbottleneck_64_111-2111-2" + "1" * 22 + "-211",
+}
+BACKBONES = (*RESNET_ENCODINGS, "mobilenetv2")
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded to a multiple of 8 (at least 8), so GroupNorm divides it."""
+    return max(8, int(round(channels * width / 8.0)) * 8)
+
+
+def backbone_encoding(name: str, width: float = 1.0) -> Encoding:
+    """The encoding of a named ResNet-family backbone at a width multiplier."""
+    enc = parse_encoding(RESNET_ENCODINGS[name])
+    return Encoding(enc.block, scaled_channels(enc.base_channels, width), enc.stages)

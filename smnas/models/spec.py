@@ -24,8 +24,7 @@ import re
 from dataclasses import dataclass, replace
 
 from smnas.errors import SpecError
-from smnas.models.backbones import BACKBONES
-from smnas.models.encoding import is_encoding, parse_encoding
+from smnas.models.encoding import BACKBONES, is_encoding, parse_encoding
 
 NECKS = ("none", "fpn")
 RPNS = ("none", "rpn", "garpn")

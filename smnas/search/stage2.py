@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from smnas.errors import SmnasError, SpecError
-from smnas.models.backbones import RESNET_ENCODINGS, backbone_encoding, build_backbone, scaled_channels
-from smnas.models.encoding import Encoding, EncodingBounds, check_encoding, parse_encoding
+from smnas.models.encoding import (
+    RESNET_ENCODINGS, Encoding, EncodingBounds, backbone_encoding, check_encoding, parse_encoding, scaled_channels,
+)
 from smnas.models.spec import NORMS, BackboneSpec, DetectorSpec, parse_spec
 from smnas.search.mutation import ENCODING_OPS, change_fpn_channels
 
@@ -218,7 +218,10 @@ def mutate_stage2(spec: DetectorSpec, space2: StageTwoSpace, rng: random.Random)
 def _backbone_gmacs(name: str, width: float, input_size: tuple[int, int]) -> float:
     # On the meta device: shapes only, no arithmetic, so a ResNet-101 at 1333x800 costs ~0.1 s.
     # BN is built in place of GN+WS: normalisation adds no multiply-accumulates to the count.
+    import torch  # here, not at the top: planning the workflow imports this module without torch
+
     from smnas.engine.measure import count_macs
+    from smnas.models.backbones import build_backbone
 
     w, h = input_size
     with torch.device("meta"):
