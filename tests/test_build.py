@@ -52,23 +52,22 @@ def test_loss_names_by_head():
     assert {"loss_classifier_stage4", "loss_box_reg_stage4", "loss_anchor_loc", "loss_anchor_shape"} <= names[("garpn", "cascade4:32")]
 
 
+def _with_torchvision_weights(tmp_path, name: str, tv: torch.nn.Module):
+    """A torchvision model's checkpoint saved to a file, loaded into our backbone of that name."""
+    path = tmp_path / f"{name}.pth"
+    torch.save(tv.state_dict(), path)
+    return tv.eval(), build_backbone(name, weights=path).eval(), torch.rand(1, 3, 64, 64)
+
+
 def test_resnet_backbone_is_torchvision_resnet(tmp_path):
     """Width 1.0 ResNets take a torchvision checkpoint unchanged and compute the same features."""
-    tv = torchvision.models.resnet18().eval()
-    path = tmp_path / "resnet18.pth"
-    torch.save(tv.state_dict(), path)
-    ours = build_backbone("resnet18", weights=path).eval()
-    x = torch.rand(1, 3, 64, 64)
+    tv, ours, x = _with_torchvision_weights(tmp_path, "resnet18", torchvision.models.resnet18())
     ref = torch.nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)(x)
     assert torch.equal(ours(x)["P4"], ref)
 
 
 def test_mobilenet_backbone_takes_torchvision_weights(tmp_path):
-    tv = torchvision.models.mobilenet_v2().eval()
-    path = tmp_path / "mbv2.pth"
-    torch.save(tv.state_dict(), path)
-    ours = build_backbone("mobilenetv2", weights=path).eval()
-    x = torch.rand(1, 3, 64, 64)
+    tv, ours, x = _with_torchvision_weights(tmp_path, "mobilenetv2", torchvision.models.mobilenet_v2())
     assert torch.equal(ours(x)["P4"], tv.features[:18](x))
     assert [lvl.channels for lvl in ours.levels] == [24, 32, 96, 320]
 
