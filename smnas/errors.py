@@ -15,7 +15,3 @@ class DataFormatError(SmnasError, ValueError):
 
 class SpecError(SmnasError, ValueError):
     """An architecture spec or encoding is malformed or names an invalid choice."""
-
-
-class TrainingFailed(SmnasError):
-    """A candidate's training stopped (e.g. non-finite loss); the reason is in the message."""

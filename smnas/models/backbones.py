@@ -30,7 +30,6 @@ from smnas.models.encoding import (  # noqa: F401  (re-exported: the named backb
 )
 from smnas.models.norm import NormKind, norm_layer, to_gnws
 
-LEVEL_STRIDES = {"P1": 4, "P2": 8, "P3": 16, "P4": 32}
 
 
 @dataclass(frozen=True)

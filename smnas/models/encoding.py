@@ -69,13 +69,6 @@ class Encoding:
         """How many blocks double the channel count (``2`` characters)."""
         return sum(s.count("2") for s in self.stages)
 
-    def check_base_channels(self, allowed: tuple[int, ...]) -> None:
-        """Raise SpecError if the base channel count is not in ``allowed``."""
-        if self.base_channels not in allowed:
-            raise SpecError(
-                f"{self}: base channels {self.base_channels} not in {list(allowed)}"
-            )
-
     def stage_channels(self) -> list[list[int]]:
         """Block width (before bottleneck expansion) of each block, stage by stage."""
         width, out = self.base_channels, []
