@@ -1,12 +1,19 @@
 """The cluster path through a real SLURM controller: a one-node cluster on this machine
-(slurmctld + slurmd + munge), `snakemake --profile slurm` submitting the candidate jobs with the
-SLURM executor plugin. Needs Debian's slurmctld, slurmd, slurm-client and munge (.ci/run installs
-them); without them the test is skipped and says so. An existing real /etc/slurm/slurm.conf is
-never touched (skip)."""
+(slurmctld + slurmd + a private munged), `snakemake --profile slurm` submitting the candidate jobs
+with the SLURM executor plugin. Needs Debian's slurmctld, slurmd, slurm-client and munge
+(.ci/run installs them); without them the test is skipped and says so.
+
+The cluster brings its own munged (key and socket in a temporary directory, so a stale
+/run/munge socket or a missing /etc/munge key does not matter) and keeps its state there too.
+Its slurm.conf has to be /etc/slurm/slurm.conf: SLURM_CONF would do for the daemons and for
+sbatch, but snakemake-executor-plugin-slurm-jobstep strips every SLURM_* variable before the
+`srun` it runs inside each job. The file carries a marker, is removed afterwards, and a
+slurm.conf without the marker (a real cluster's) makes the test skip instead."""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# smnas test cluster"
-BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "munged")
+BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "munged", "mungekey")
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +35,8 @@ def _conf(state: Path) -> str:
 ClusterName=smnas-test
 SlurmctldHost=localhost
 AuthType=auth/munge
+AuthInfo=socket={state}/munge.socket
+CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -49,6 +58,15 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def _tails(state: Path) -> str:
+    out = []
+    for name in ("munged.log", "slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out"):
+        f = state / name
+        if f.exists():
+            out.append(f"--- {name} ---\n" + f.read_text(errors="replace")[-1500:])
+    return "\n".join(out)
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     missing = [b for b in BINARIES if shutil.which(b) is None]
@@ -57,28 +75,47 @@ def slurm_cluster(tmp_path_factory):
     if CONF.exists() and MARKER not in CONF.read_text():
         pytest.skip(f"{CONF} belongs to a real cluster; not replacing it")
     state = tmp_path_factory.mktemp("slurm")
+    state.chmod(0o700)
     for sub in ("slurmd", "ctld"):
         (state / sub).mkdir()
+    subprocess.run(["mungekey", "--create", f"--keyfile={state}/munge.key"], check=True, capture_output=True)
+    subprocess.run(["munged", "--force", f"--socket={state}/munge.socket", f"--key-file={state}/munge.key",
+                    f"--log-file={state}/munged.log", f"--pid-file={state}/munged.pid",
+                    f"--seed-file={state}/munged.seed"], check=True, capture_output=True)
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(_conf(state))
-    procs = []
-    if not Path("/run/munge/munge.socket.2").exists():
-        Path("/run/munge").mkdir(parents=True, exist_ok=True)
-        subprocess.run(["munged", "--force", f"--log-file={state}/munged.log", f"--pid-file={state}/munged.pid",
-                        f"--seed-file={state}/munged.seed"], check=True)
-    for daemon in ("slurmctld", "slurmd"):
-        procs.append(subprocess.Popen([daemon, "-D"], stdout=open(state / f"{daemon}.out", "w"), stderr=subprocess.STDOUT))
-    deadline = time.time() + 60
-    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout:
-        assert time.time() < deadline, (state / "slurmctld.out").read_text()[-2000:]
-        time.sleep(1)
-    yield state
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=30)
-    # With a slurm.conf but no controller, every `scontrol` (which the SLURM executor plugin runs
-    # whenever Snakemake starts) waits 9 s for a timeout: leave no config behind.
-    CONF.unlink()
+    procs = [subprocess.Popen([daemon, "-D"], stdout=open(state / f"{daemon}.out", "w"), stderr=subprocess.STDOUT)
+             for daemon in ("slurmctld", "slurmd")]
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20).stdout
+            except subprocess.TimeoutExpired:
+                states = ""
+            if "idle" in states:
+                break
+            dead = [p.args[0] for p in procs if p.poll() is not None]
+            assert not dead and time.time() < deadline, f"cluster did not come up (exited: {dead})\n{_tails(state)}"
+            time.sleep(1)
+        yield state
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pid = state / "munged.pid"
+        if pid.exists():
+            try:
+                os.kill(int(pid.read_text().strip()), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+        # With a slurm.conf but no controller, every `scontrol` (which the SLURM executor plugin
+        # runs whenever Snakemake starts) waits 9 s for a timeout: leave no config behind.
+        CONF.unlink(missing_ok=True)
 
 
 def test_search_generation_runs_through_slurm(slurm_cluster, tmp_path):
@@ -88,7 +125,7 @@ def test_search_generation_runs_through_slurm(slurm_cluster, tmp_path):
            "--seconds-between-status-checks", "3", "--latency-wait", "5", "--slurm-keep-successful-logs",
            "--directory", str(tmp_path), "--configfile", str(REPO / "tests/config_tiny.yaml"), str(REPO / "tests/config_slurm.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:] + _tails(slurm_cluster)
     pop = pd.read_parquet(tmp_path / "results/stage1/gen0/population.parquet")
     assert len(pop) == 2 and (pop["status"] == "ok").all()
     # every heavy job went through the controller: one SLURM log per submitted job ...
