@@ -23,12 +23,6 @@ wildcard_constraints:
     dataset="voc|bdd",
 
 
-def timing_threads():
-    """A timing job takes every local core, so nothing runs beside it. On a cluster (no --cores)
-    one thread: the profile asks SLURM for a whole node instead."""
-    return workflow._cores or 1
-
-
 def last_gen(stage):
     return config[stage]["generations"] - 1
 

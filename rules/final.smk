@@ -43,7 +43,7 @@ rule final_time:
         runs=config["latency_runs"],
     log:
         "results/logs/final/{name}/time.log",
-    threads: timing_threads()
+    threads: 1
     resources:
         gpu=GPU,
         mem_mb=8000,

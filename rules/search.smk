@@ -65,8 +65,9 @@ rule time:
         "results/logs/{stage}/candidates/{hash}/time.log",
     benchmark:
         "results/benchmarks/{stage}/{hash}.time.tsv"
-    # All local cores: nothing runs beside a timing job. On SLURM: a whole node (profile).
-    threads: timing_threads()
+    # One thread. The measurement itself holds smnas's device lock exclusively (other jobs pause
+    # between two steps: smnas/engine/device_lock.py); on SLURM a whole node (profile).
+    threads: 1
     resources:
         gpu=GPU,
         mem_mb=8000,

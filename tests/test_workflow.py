@@ -60,6 +60,15 @@ def test_whole_workflow_tables(full_run):
     # stage two searched inside the stage-one front's structures (same neck levels, RPN, head, size)
     front1 = {_structure(a) for a in pd.read_parquet(res / "stage1" / "front.parquet")["arch"]}
     assert {_structure(a) for a in stage2["arch"]} <= front1
+    # every step records when it computed (bench/workflow.py's overhead share): one span per epoch,
+    # one for the timing and one for the evaluation, each inside its job's own time
+    for cand in (res / "stage1" / "candidates").iterdir():
+        trained = json.loads((cand / "train.json").read_text())
+        if trained["status"] != "ok":
+            continue
+        assert len(trained["spans"]) == trained["epochs"]
+        timed, evaluated = (json.loads((cand / f).read_text())["spans"] for f in ("latency.json", "metrics.json"))
+        assert trained["spans"][-1][1] <= timed[0][0] < timed[0][1] <= evaluated[0][0] < evaluated[0][1]
 
 
 def _structure(arch: str) -> tuple[str, ...]:

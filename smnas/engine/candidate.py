@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 
 from smnas.data.coco import load_coco
 from smnas.data.dataset import DetectionDataset
+from smnas.engine.device_lock import DeviceLock
 from smnas.engine.inference import predict
 from smnas.engine.measure import count_macs, count_params, measure_latency
 from smnas.engine.train import TrainConfig, train
@@ -102,7 +104,8 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
     torch.manual_seed(cfg.seed)  # the same initial weights for the same spec and seed
     model = build_detector(spec, opts)
     try:
-        result = train(model, train_set, cfg, workdir / "train", device=device, progress=progress).to_dict()
+        result = train(model, train_set, cfg, workdir / "train", device=device, progress=progress,
+                       lock=DeviceLock(device)).to_dict()
     except (RuntimeError, MemoryError) as err:
         if not _is_out_of_memory(err):
             raise
@@ -133,9 +136,11 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
     if _train_status(workdir)["status"] != "ok":
         out: dict[str, Any] = {"latency_ms": None, "device": ""}
     else:
-        lat = measure_latency(_load_model(spec, opts, workdir, device), spec.input_size, device=device,
-                              runs=runs, threads=threads)
-        out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs, "device": lat.device}
+        model = _load_model(spec, opts, workdir, device)
+        start = time.time()
+        lat = measure_latency(model, spec.input_size, device=device, runs=runs, threads=threads, lock=DeviceLock(device))
+        out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs, "device": lat.device,
+               "spans": [[start, time.time()]]}  # Unix time, for bench/workflow.py
     atomic_write_json(workdir / "latency.json", out, indent=2)
     return out
 
@@ -152,18 +157,22 @@ def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions,
     trained = _train_status(workdir)
     row: dict[str, Any] = {"arch": str(spec), "status": trained["status"], "reason": trained["reason"],
                            "train_seconds": trained["seconds"], "epochs": trained["epochs"]}
-    row.update({k: v for k, v in model_cost(spec, opts.num_classes).items() if k != "spec"})
+    lock, start = DeviceLock(device), time.time()
+    with lock.shared():
+        row.update({k: v for k, v in model_cost(spec, opts.num_classes).items() if k != "spec"})
     latency = workdir / "latency.json"
     if latency.exists():
         row.update({k: v for k, v in json.loads(latency.read_text()).items() if k in ("latency_ms", "device")})
     if trained["status"] == "ok":
         val_coco = load_coco(data.val_json, data.val_images)
         dets = predict(_load_model(spec, opts, workdir, device), DetectionDataset(val_coco, data.val_images),
-                       device=device, progress=progress)
+                       device=device, progress=progress, lock=lock)
         write_detections(dets, workdir / "detections.json")
-        stats = coco_evaluate(val_coco, dets)
+        with lock.shared():
+            stats = coco_evaluate(val_coco, dets)
         row.update(map=stats["AP"], map50=stats["AP50"], map75=stats["AP75"],
                    maps=stats["APs"], mapm=stats["APm"], mapl=stats["APl"])
+    row["spans"] = [[start, time.time()]]  # Unix time, for bench/workflow.py
     atomic_write_json(workdir / "metrics.json", row, indent=2)
     log.info("%s: %s map=%s latency=%s", spec, row["status"], row.get("map"), row.get("latency_ms"))
     return row

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from smnas.data.dataset import DetectionDataset, collate
+from smnas.engine.device_lock import DeviceLock
 
 
 @torch.inference_mode()
@@ -19,8 +20,11 @@ def predict(
     device: str | torch.device = "cpu",
     batch_size: int = 1,
     progress: bool | None = None,
+    lock: DeviceLock | None = None,
 ) -> list[dict[str, Any]]:
     """Detections of ``model`` on every image of ``dataset``.
+
+    ``lock``, if given, is held shared for each batch (see DeviceLock).
 
     Returns:
         COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in the
@@ -31,7 +35,8 @@ def predict(
     progress = sys.stderr.isatty() if progress is None else progress
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     results: list[dict[str, Any]] = []
-    for images, targets in tqdm(loader, desc="predict", disable=not progress, leave=False):
+    bar = tqdm(loader, desc="predict", disable=not progress, leave=False)
+    for images, targets in (lock.steps(bar) if lock is not None else bar):
         outputs = model([im.to(device) for im in images])
         for out, target in zip(outputs, targets):
             boxes = out["boxes"].cpu()  # (N, 4) x1y1x2y2

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
 from smnas.data.dataset import collate
+from smnas.engine.device_lock import DeviceLock
 from smnas.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class TrainResult:
     images_per_second: float
     reason: str = ""
     history: list[dict[str, float]] = field(default_factory=list)  # mean losses per epoch
+    # Unix-time [start, end] of each epoch's loop, over resumed parts (for bench/workflow.py)
+    spans: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +122,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, sampler_gen, history, seconds) -> None:
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, sampler_gen, history, seconds, spans) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -128,6 +131,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, sampler_gen
         "rng": _rng_state(sampler_gen),
         "history": history,
         "seconds": seconds,
+        "spans": spans,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -141,6 +145,7 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    lock: DeviceLock | None = None,
 ) -> TrainResult:
     """Train ``model`` (torchvision detection convention) on ``dataset``, resuming if possible.
 
@@ -152,6 +157,8 @@ def train(
         device: where to train.
         progress: show a tqdm bar (default: when stderr is a terminal).
         on_epoch_end: called as ``on_epoch_end(epoch, mean_losses)`` after each checkpoint.
+        lock: held shared for every step (batch loading included), so that a latency
+            measurement elsewhere on the machine has the device alone (see DeviceLock).
 
     Returns:
         A TrainResult; ``model`` holds the trained weights (on ``device``) when status is "ok".
@@ -168,7 +175,7 @@ def train(
     )
     optimizer = _make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.epochs * len(loader)))
-    start_epoch, history, seconds = 0, [], 0.0
+    start_epoch, history, seconds, spans = 0, [], 0.0, []
     ckpt_path = workdir / CHECKPOINT
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -177,6 +184,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], sampler_gen)
         start_epoch, history, seconds = state["epoch"], state["history"], state["seconds"]
+        spans = state.get("spans", [])
         log.info("resuming %s after epoch %d/%d", ckpt_path, start_epoch, cfg.epochs)
     else:
         seed_everything(cfg.seed)
@@ -184,16 +192,17 @@ def train(
 
     images_seen = 0
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        means, failure, n_images = _run_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, progress)
+        t0, start = time.perf_counter(), time.time()
+        means, failure, n_images = _run_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, progress, lock)
         elapsed = time.perf_counter() - t0
+        spans.append([start, time.time()])
         seconds += elapsed
         images_seen += n_images
         if failure:
             log.error("epoch %d/%d: %s", epoch + 1, cfg.epochs, failure)
-            return TrainResult("failed", epoch, seconds, images_seen / max(seconds, 1e-9), failure, history)
+            return TrainResult("failed", epoch, seconds, images_seen / max(seconds, 1e-9), failure, history, spans)
         history.append(means)
-        _save_checkpoint(ckpt_path, model, optimizer, scheduler, epoch + 1, sampler_gen, history, seconds)
+        _save_checkpoint(ckpt_path, model, optimizer, scheduler, epoch + 1, sampler_gen, history, seconds, spans)
         log.info(
             "epoch %d/%d loss %.4f (%s) lr %.5f %.1f img/s",
             epoch + 1, cfg.epochs, means["loss"],
@@ -203,16 +212,16 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, means)
     ips = len(dataset) * cfg.epochs / max(seconds, 1e-9)
-    return TrainResult("ok", cfg.epochs, seconds, ips, "", history)
+    return TrainResult("ok", cfg.epochs, seconds, ips, "", history, spans)
 
 
-def _run_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, progress):
+def _run_epoch(model, loader, optimizer, scheduler, cfg, epoch, device, progress, lock=None):
     """One pass over ``loader``. Returns (mean losses, failure reason or "", images seen)."""
     model.train()
     sums: dict[str, float] = {}
     steps = n_images = 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-    for images, targets in bar:
+    for images, targets in (lock.steps(bar) if lock is not None else bar):
         images = [im.to(device) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
