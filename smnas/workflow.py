@@ -160,17 +160,11 @@ def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workd
     import torch
 
     from smnas.engine.candidate import DataPaths, evaluate_trained
-    from smnas.evaluation import voc_map50
 
     torch.set_num_threads(1)
     paths = DataPaths(**data)
-    row = evaluate_trained(parse_spec(arch), paths, detector_options(options, num_classes_of(paths.train_json)), workdir,
-                           device=options["device"], progress=False)
-    if voc_metric and row["status"] == "ok":
-        row["voc_map50"] = voc_map50(paths.val_json, Path(workdir) / "detections.json")["mAP50"]
-        with atomic_open(Path(workdir) / "metrics.json") as f:
-            json.dump(row, f, indent=2)
-    return row
+    return evaluate_trained(parse_spec(arch), paths, detector_options(options, num_classes_of(paths.train_json)), workdir,
+                            device=options["device"], progress=False, voc_metric=voc_metric)
 
 
 # ---- generations ---------------------------------------------------------------------------

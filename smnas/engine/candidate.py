@@ -25,7 +25,7 @@ from smnas.engine.device_lock import DeviceLock
 from smnas.engine.inference import predict
 from smnas.engine.measure import count_macs, count_params, measure_latency
 from smnas.engine.train import TrainConfig, train
-from smnas.evaluation import coco_evaluate, write_detections
+from smnas.evaluation import coco_evaluate, voc_map50, write_detections
 from smnas.io import atomic_path, atomic_write_json
 from smnas.models.build import DetectorOptions, build_detector, build_features
 from smnas.models.spec import DetectorSpec
@@ -146,8 +146,10 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
 
 
 def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions, workdir: str | Path,
-                     device: str = "cpu", progress: bool | None = None) -> dict[str, Any]:
+                     device: str = "cpu", progress: bool | None = None, voc_metric: bool = False) -> dict[str, Any]:
     """COCO evaluation of the trained model on the val split, merged with training and timing.
+
+    ``voc_metric`` adds ``voc_map50``, Pascal VOC's mAP at IoU 0.5 (for VOC transfer).
 
     Returns (and writes as ``metrics.json``) the candidate's table row: arch, status, reason,
     map, map50, map75, maps, mapm, mapl, latency_ms, device, gmacs, params, backbone_gmacs,
@@ -170,6 +172,8 @@ def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions,
         write_detections(dets, workdir / "detections.json")
         with lock.shared():
             stats = coco_evaluate(val_coco, dets)
+            if voc_metric:
+                row["voc_map50"] = voc_map50(val_coco, dets)["mAP50"]
         row.update(map=stats["AP"], map50=stats["AP50"], map75=stats["AP75"],
                    maps=stats["APs"], mapm=stats["APm"], mapl=stats["APl"])
     row["spans"] = [[start, time.time()]]  # Unix time, for bench/workflow.py
