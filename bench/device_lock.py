@@ -75,7 +75,8 @@ def main() -> None:
                 ready.wait(120)
                 time.sleep(2)  # let it get going
             lock = DeviceLock(args.device, lock_dir) if "with" in name else None
-            lat = measure_latency(model, spec.input_size, device=args.device, runs=args.runs, threads=1, lock=lock)
+            with lock.exclusive() if lock else contextlib.nullcontext():
+                lat = measure_latency(model, spec.input_size, device=args.device, runs=args.runs, threads=1)
             results[name].append(lat.median_ms)
             if proc is not None:
                 stop.set()

@@ -137,10 +137,12 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
         out: dict[str, Any] = {"latency_ms": None, "device": ""}
     else:
         model = _load_model(spec, opts, workdir, device)
-        start = time.time()
-        lat = measure_latency(model, spec.input_size, device=device, runs=runs, threads=threads, lock=DeviceLock(device))
+        with DeviceLock(device).exclusive():  # no other smnas job computes on the device meanwhile
+            start = time.time()
+            lat = measure_latency(model, spec.input_size, device=device, runs=runs, threads=threads)
+            span = [start, time.time()]  # Unix time, for bench/workflow.py
         out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs, "device": lat.device,
-               "spans": [[start, time.time()]]}  # Unix time, for bench/workflow.py
+               "spans": [span]}
     atomic_write_json(workdir / "latency.json", out, indent=2)
     return out
 

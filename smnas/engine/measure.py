@@ -21,8 +21,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from smnas.engine.device_lock import DeviceLock
-
 
 @dataclass(frozen=True)
 class Latency:
@@ -74,7 +72,6 @@ def measure_latency(
     warmup: int = 3,
     runs: int = 20,
     threads: int | None = 1,
-    lock: DeviceLock | None = None,
 ) -> Latency:
     """Median wall time of one forward pass at batch 1.
 
@@ -85,8 +82,6 @@ def measure_latency(
         warmup: untimed runs first (allocator, cuDNN autotuning, caches).
         runs: timed runs; the median is robust to the odd scheduler hiccup.
         threads: CPU intra-op threads during timing (pinned so figures compare); ignored on CUDA.
-        lock: held exclusive over warm-up and timed runs, so that no other smnas job computes on
-            the device meanwhile (see DeviceLock).
 
     Returns:
         A Latency with the median, mean and min in milliseconds and the device's name.
@@ -100,7 +95,7 @@ def measure_latency(
     image = torch.rand(3, height, width, generator=gen).to(device)  # (3, H, W)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
-    with pinned_threads(threads if device.type == "cpu" else None), (lock.exclusive() if lock else contextlib.nullcontext()):
+    with pinned_threads(threads if device.type == "cpu" else None):
         for i in range(warmup + runs):
             sync()
             t0 = time.perf_counter()
