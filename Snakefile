@@ -22,6 +22,13 @@ include: "rules/transfer.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    # Jobs run in children of one warm process that imported torch once (smnas/forkserver.py);
+    # start it now, while the first jobs make the data. Not on a cluster: jobs run elsewhere.
+    if workflow.local_exec:
+        prestart_forkserver()
+
+
 rule all:
     default_target: True
     input:

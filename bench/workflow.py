@@ -3,6 +3,8 @@
     .venv/bin/python bench/workflow.py main             # the default laptop search, fresh folder
     .venv/bin/python bench/workflow.py main --keep DIR  # ... in DIR (kept), then analysed
     .venv/bin/python bench/workflow.py main --analyse DIR   # only analyse an earlier `--keep DIR`
+    .venv/bin/python bench/workflow.py main --no-forkserver # every job imports torch itself
+    .venv/bin/python bench/workflow.py compare          # main with and without the fork server, side by side
     .venv/bin/python bench/workflow.py plan             # `snakemake -n` on a simulated 20 x 50 search
 
 main: wall time of `snakemake --cores 2 --configfile config/config.yaml` from nothing (target: at
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -37,10 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = {"train.json": "training", "latency.json": "timing", "metrics.json": "evaluation"}
 
 
-def snakemake(workdir: Path, *args: str) -> float:
+def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-                    *args], check=True, capture_output=True, text=True)
+                    *args], check=True, capture_output=True, text=True, env=env)
     return time.perf_counter() - t0
 
 
@@ -106,15 +109,32 @@ def plot_timeline(spans: pd.DataFrame, t0: float, out: Path) -> None:
     plt.close(fig)
 
 
-def bench_main(keep: Path | None) -> None:
+def bench_main(keep: Path | None, forkserver: bool = True) -> dict[str, float]:
+    """Run the main job from nothing (no data, no warm fork server) and analyse it."""
     workdir = keep or Path(tempfile.mkdtemp(prefix="smnas-main-"))
+    servers = Path(tempfile.mkdtemp(prefix="smnas-fs-"))  # a private, empty server folder
+    env = dict(os.environ, SMNAS_FORKSERVER="1" if forkserver else "0", SMNAS_FORKSERVER_DIR=str(servers))
     start = time.time()
-    snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"))
-    (workdir / "bench_run.json").write_text(json.dumps({"start": start, "end": time.time()}))
-    analyse(workdir)
+    try:
+        snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"), env=env)
+    finally:
+        from smnas.forkserver import stop_all
+
+        stop_all(servers)
+    (workdir / "bench_run.json").write_text(json.dumps({"start": start, "end": time.time(), "forkserver": forkserver}))
+    return analyse(workdir)
 
 
-def analyse(workdir: Path) -> None:
+def bench_compare() -> None:
+    """The main job with the fork server and without it, one after the other; a table of both."""
+    results = {name: bench_main(None, forkserver=on) for name, on in (("fork server", True), ("no fork server", False))}
+    rows = list(next(iter(results.values())))
+    print(f"\n{'quantity':<60}" + "".join(f"{name:>16}" for name in results))
+    for row in rows:
+        print(f"{row:<60}" + "".join(f"{r[row]:>16.3g}" for r in results.values()))
+
+
+def analyse(workdir: Path) -> dict[str, float]:
     run = json.loads((workdir / "bench_run.json").read_text())
     wall = run["end"] - run["start"]
     jobs = {f: pd.read_csv(f, sep="\t")["s"].iloc[0] for f in workdir.glob("results/benchmarks/**/*.tsv")}
@@ -124,19 +144,23 @@ def analyse(workdir: Path) -> None:
     covered = union_seconds(list(zip(spans["start"], spans["end"])))
     inside = seconds.sum()
     plot_timeline(spans, run["start"], workdir / "timeline.png")
+    table = {
+        "main job wall time (s), 2 cores": wall,
+        "models trained": float((spans["kind"] == "training").groupby(spans["model"]).any().sum()),
+        "sum of benchmarked job times (s)": job_total,
+        **{f"inside {kind} spans (s)": float(seconds.get(kind, 0.0)) for kind in KINDS.values()},
+        "wall time covered by some training or evaluation (s)": covered,
+        "% of wall time outside training + evaluation": 100 * (1 - covered / wall),
+        "... counting whole train/time/evaluate jobs (start-up too)": 100 * (1 - union_seconds(job_spans(workdir)) / wall),
+        "% of job time outside training + evaluation": 100 * (1 - inside / job_total),
+        "% of 2 x wall (core capacity) outside them": 100 * (1 - inside / (2 * wall)),
+    }
+    print(f"fork server: {'on' if run.get('forkserver', True) else 'off'}")
     print(f"{'quantity':<60}{'value':>10}")
-    print(f"{'main job wall time (s), 2 cores':<60}{wall:>10.1f}")
-    print(f"{'models trained':<60}{(spans['kind'] == 'training').groupby(spans['model']).any().sum():>10d}")
-    print(f"{'sum of benchmarked job times (s)':<60}{job_total:>10.1f}")
-    for kind in KINDS.values():
-        print(f"{f'inside {kind} spans (s)':<60}{seconds.get(kind, 0.0):>10.1f}")
-    print(f"{'wall time covered by some training or evaluation (s)':<60}{covered:>10.1f}")
-    print(f"{'share of wall time outside training + evaluation':<60}{1 - covered / wall:>10.1%}")
-    jobs_covered = union_seconds(job_spans(workdir))
-    print(f"{'... counting whole train/time/evaluate jobs (start-up too)':<60}{1 - jobs_covered / wall:>10.1%}")
-    print(f"{'share of job time outside training + evaluation':<60}{1 - inside / job_total:>10.1%}")
-    print(f"{'share of 2 x wall (core capacity) outside them':<60}{1 - inside / (2 * wall):>10.1%}")
+    for name, value in table.items():
+        print(f"{name:<60}{value:>10.1f}")
     print(f"(results in {workdir}, timeline in {workdir / 'timeline.png'})")
+    return table
 
 
 def bench_plan(generations: int, population: int) -> None:
@@ -168,18 +192,21 @@ def bench_plan(generations: int, population: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["main", "plan"])
+    p.add_argument("what", choices=["main", "compare", "plan"])
     p.add_argument("--keep", type=Path, default=None, help="main: run in this folder instead of a temporary one")
     p.add_argument("--analyse", type=Path, default=None, help="main: only analyse this folder of an earlier --keep run")
+    p.add_argument("--no-forkserver", action="store_true", help="main: every job imports torch itself")
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--population", type=int, default=50)
     args = p.parse_args()
     if args.what == "plan":
         bench_plan(args.generations, args.population)
+    elif args.what == "compare":
+        bench_compare()
     elif args.analyse:
         analyse(args.analyse)
     else:
-        bench_main(args.keep)
+        bench_main(args.keep, forkserver=not args.no_forkserver)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from smnas.forkserver import prestart as prestart_forkserver
 from smnas.workflow import check_config, lookup_arch
 
 validate(config, "../config/schema.yaml")

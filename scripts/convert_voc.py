@@ -1,8 +1,6 @@
 """Snakemake adapter: a Pascal VOC split to COCO JSON."""
-from smnas.data.coco import write_coco
-from smnas.data.voc import voc_to_coco
-from smnas.workflow import setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
 p = snakemake.params
-write_coco(voc_to_coco(p.root, str(p.year), p.split), snakemake.output[0])
+run_job("smnas.workflow:convert_voc", (str(p.root), str(p.year), str(p.split), str(snakemake.output[0])),
+        log_file=snakemake.log[0], start=False)

@@ -1,9 +1,9 @@
-"""Snakemake adapter: evaluate one trained model (search, final or transfer)."""
+"""Snakemake adapter: COCO mAP of one trained model, merged with its training and timing records."""
 from pathlib import Path
 
-from smnas.workflow import read_arch, run_evaluate, setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-run_evaluate(read_arch(p, snakemake.input), p.data, p.options, Path(snakemake.output[0]).parent,
-             voc_metric="/transfer/voc/" in snakemake.output[0])
+p, i, out = snakemake.params, snakemake.input, snakemake.output[0]
+arch = p.arch if hasattr(p, "arch") else Path(i.arch).read_text().strip()  # search / final, transfer
+run_job("smnas.workflow:run_evaluate", (arch, dict(p.data), dict(p.options), str(Path(out).parent)),
+        {"voc_metric": "/transfer/voc/" in out}, log_file=snakemake.log[0])

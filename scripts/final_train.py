@@ -1,10 +1,10 @@
-"""Snakemake adapter: final training of a front or paper architecture (BN, long schedule)."""
+"""Snakemake adapter: final training of a front model or a paper model (BN, long schedule)."""
 from pathlib import Path
 
-from smnas.workflow import final_arch, run_train, setup_logging, write_arch
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-spec = final_arch(snakemake.wildcards.name, snakemake.input.get("front"), p.final)
-write_arch(spec, snakemake.output.arch)
-run_train(str(spec), p.data, p.options, Path(snakemake.output.model).parent, threads=snakemake.threads)
+p, o = snakemake.params, snakemake.output
+front = snakemake.input.get("front")
+run_job("smnas.workflow:run_final_train",
+        (snakemake.wildcards.name, str(front) if front else None, dict(p.final), dict(p.data), dict(p.options),
+         str(o.arch), str(Path(o.model).parent)), {"threads": snakemake.threads}, log_file=snakemake.log[0])

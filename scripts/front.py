@@ -1,8 +1,6 @@
-"""Snakemake adapter: the stage's final Pareto front and its plot."""
-from smnas.report import write_front
-from smnas.workflow import setup_logging
+"""Snakemake adapter: the stage's Pareto front table and its plot of the fronts by generation."""
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-stage = snakemake.wildcards.stage
-write_front(snakemake.input.populations, snakemake.params.cost, snakemake.output.front, snakemake.output.plot,
-            f"{stage}: Pareto fronts by generation")
+stage, o = snakemake.wildcards.stage, snakemake.output
+run_job("smnas.report:write_front", (list(map(str, snakemake.input.populations)), snakemake.params.cost, str(o.front),
+                                     str(o.plot), f"{stage}: Pareto fronts by generation"), log_file=snakemake.log[0])

@@ -1,6 +1,6 @@
 """Snakemake adapter: rank everything evaluated so far into Pareto fronts."""
-from smnas.workflow import rank_generation, setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-rank_generation(snakemake.input.candidates, snakemake.input.metrics, snakemake.input.previous,
-                snakemake.params.cost, snakemake.output[0])
+i = snakemake.input
+run_job("smnas.workflow:rank_generation", (str(i.candidates), list(map(str, i.metrics)), list(map(str, i.previous)),
+                                           snakemake.params.cost, str(snakemake.output[0])), log_file=snakemake.log[0])

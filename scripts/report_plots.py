@@ -1,6 +1,7 @@
-"""Snakemake adapter: backbone-factor correlations and the final/transfer metrics table."""
-from smnas.workflow import setup_logging, write_report_tables
+"""Snakemake adapter: factor correlations and the final/transfer metrics table."""
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
-write_report_tables(i.populations, [*i.final, *i.voc, *i.bdd], o.correlation, o.correlation_table, o.metrics)
+run_job("smnas.workflow:write_report_tables",
+        (list(map(str, i.populations)), [str(f) for f in (*i.final, *i.voc, *i.bdd)], str(o.correlation),
+         str(o.correlation_table), str(o.metrics)), log_file=snakemake.log[0])

@@ -1,7 +1,9 @@
-"""Snakemake adapter: the candidates of one generation (random, mutated, or pruned)."""
-from smnas.workflow import sample_generation, setup_logging
+"""Snakemake adapter: write generation g's candidates (sample, mutate, prune)."""
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-w = snakemake.wildcards
-sample_generation(w.stage, int(w.gen), snakemake.params.config, snakemake.input.population,
-                  snakemake.input.stage1_front, snakemake.output.table)
+w, i = snakemake.wildcards, snakemake.input
+front = i.stage1_front
+run_job("smnas.workflow:sample_generation",
+        (w.stage, int(w.gen), dict(snakemake.params.config), list(map(str, i.population)),
+         str(front) if isinstance(front, str) else list(map(str, front)), str(snakemake.output.table)),
+        log_file=snakemake.log[0])

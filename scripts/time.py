@@ -1,9 +1,8 @@
 """Snakemake adapter: time one trained model (search candidate or final model)."""
 from pathlib import Path
 
-from smnas.workflow import read_arch, run_time, setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-arch = read_arch(p, snakemake.input)
-run_time(arch, p.options, Path(snakemake.input.model).parent, p.runs)
+p, i = snakemake.params, snakemake.input
+arch = p.arch if hasattr(p, "arch") else Path(i.arch).read_text().strip()  # search / final, transfer
+run_job("smnas.workflow:run_time", (arch, dict(p.options), str(Path(i.model).parent), p.runs), log_file=snakemake.log[0])

@@ -1,8 +1,8 @@
 """Snakemake adapter: train one search candidate."""
 from pathlib import Path
 
-from smnas.workflow import run_train, setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
 p = snakemake.params
-run_train(p.arch, p.data, p.options, Path(snakemake.output.model).parent, threads=snakemake.threads)
+run_job("smnas.workflow:run_train", (p.arch, dict(p.data), dict(p.options), str(Path(snakemake.output.model).parent)),
+        {"threads": snakemake.threads}, log_file=snakemake.log[0])

@@ -1,9 +1,9 @@
 """Snakemake adapter: train a final architecture on a transfer dataset."""
 from pathlib import Path
 
-from smnas.workflow import read_arch, run_train, setup_logging
+from smnas.forkserver import run_job
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-run_train(read_arch(p, snakemake.input), p.data, p.options, Path(snakemake.output.model).parent,
-          threads=snakemake.threads)
+p, i = snakemake.params, snakemake.input
+run_job("smnas.workflow:run_train", (Path(i.arch).read_text().strip(), dict(p.data), dict(p.options),
+                                     str(Path(snakemake.output.model).parent)),
+        {"threads": snakemake.threads}, log_file=snakemake.log[0])

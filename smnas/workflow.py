@@ -142,11 +142,12 @@ def run_time(arch: str, options: dict[str, Any], workdir: str | Path, runs: int)
     return time_candidate(parse_spec(arch), opts, workdir, device=options["device"], runs=runs, threads=1)
 
 
-def read_arch(params: Any, inputs: Any) -> str:
-    """A job's architecture: its ``arch`` param (search) or its ``arch`` input file (final, transfer)."""
-    if hasattr(params, "arch"):
-        return params.arch
-    return Path(inputs.arch).read_text().strip()
+def run_final_train(name: str, front: str | Path | None, final_cfg: dict[str, Any], data: dict[str, str],
+                    options: dict[str, Any], arch_out: str | Path, workdir: str | Path, threads: int = 1) -> dict[str, Any]:
+    """Final training of model ``name`` (see :func:`final_arch`); its architecture goes to ``arch_out``."""
+    spec = final_arch(name, front, final_cfg)
+    write_arch(spec, arch_out)
+    return run_train(str(spec), data, options, workdir, threads=threads)
 
 
 def write_arch(spec: DetectorSpec, path: str | Path) -> None:
@@ -165,6 +166,27 @@ def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workd
     paths = DataPaths(**data)
     return evaluate_trained(parse_spec(arch), paths, detector_options(options, num_classes_of(paths.train_json)), workdir,
                             device=options["device"], progress=False, voc_metric=voc_metric)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def convert_voc(root: str | Path, year: str, split: str, out: str | Path) -> None:
+    from smnas.data.coco import write_coco
+    from smnas.data.voc import voc_to_coco
+
+    write_coco(voc_to_coco(root, str(year), split), out)
+
+
+def convert_bdd(labels: str | Path, images: str | Path, out: str | Path) -> None:
+    import warnings
+
+    from smnas.data.bdd import bdd_to_coco
+    from smnas.data.coco import write_coco
+
+    logging.captureWarnings(True)  # the count of skipped categories goes to the log
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        write_coco(bdd_to_coco(labels, images), out)
 
 
 # ---- generations ---------------------------------------------------------------------------
