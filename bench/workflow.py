@@ -118,7 +118,7 @@ def bench_main(keep: Path | None, forkserver: bool = True) -> dict[str, float]:
     try:
         snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "config/config.yaml"), env=env)
     finally:
-        from smnas.forkserver import stop_all
+        from smnas.forkserver.server import stop_all
 
         stop_all(servers)
     (workdir / "bench_run.json").write_text(json.dumps({"start": start, "end": time.time(), "forkserver": forkserver}))

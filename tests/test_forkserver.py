@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from smnas import forkserver
+from smnas.forkserver.server import stop_all
 
 TESTS = Path(__file__).resolve().parent
 
@@ -24,7 +25,7 @@ def server_env():
     env = dict(os.environ, SMNAS_FORKSERVER_DIR=str(sdir), SMNAS_FORKSERVER_IDLE="60", SMNAS_FORKSERVER="1")
     env.pop("SLURM_JOB_ID", None)
     yield env
-    forkserver.stop_all(sdir)
+    stop_all(sdir)
     shutil.rmtree(sdir, ignore_errors=True)
 
 
@@ -165,3 +166,31 @@ def test_an_idle_server_exits_and_removes_its_socket(tmp_path, server_env):
         assert time.monotonic() - t0 < 20, "an idle server should exit"
         time.sleep(0.1)
     assert not list(sdir.glob("*.sock"))
+
+
+def test_jobs_that_come_together_start_one_server(tmp_path, server_env):
+    env = dict(server_env, SMNAS_FORKSERVER_DIR=str(tmp_path / "s"))
+    procs = [job(env, tmp_path, "forkserver_targets:report", str(tmp_path / f"{i}.json"), wait=False) for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    servers = {json.loads((tmp_path / f"{i}.json").read_text())["ppid"] for i in range(3)}
+    assert len(servers) == 1 and not servers & {p.pid for p in procs}
+    assert len(list((tmp_path / "s").glob("*.sock"))) == 1
+    stop_all(tmp_path / "s")
+
+
+def test_status_and_stop_commands(tmp_path, server_env):
+    env = dict(server_env, SMNAS_FORKSERVER_DIR=str(tmp_path / "s"))
+    assert job(env, tmp_path, "forkserver_targets:report", str(tmp_path / "a.json"))[0] == 0
+    status = subprocess.run([sys.executable, "-m", "smnas.forkserver", "status"], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "enabled: True" in status and "running: True" in status
+    stop = subprocess.run([sys.executable, "-m", "smnas.forkserver", "stop"], env=env, capture_output=True,
+                          text=True, check=True).stdout
+    assert "asked 1 server(s)" in stop
+    server = json.loads((tmp_path / "a.json").read_text())["ppid"]
+    t0 = time.monotonic()
+    while alive(server):
+        assert time.monotonic() - t0 < 20, "a stopped server should exit"
+        time.sleep(0.1)
