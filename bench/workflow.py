@@ -131,7 +131,7 @@ def bench_compare() -> None:
     rows = list(next(iter(results.values())))
     print(f"\n{'quantity':<60}" + "".join(f"{name:>16}" for name in results))
     for row in rows:
-        print(f"{row:<60}" + "".join(f"{r[row]:>16.3g}" for r in results.values()))
+        print(f"{row:<60}" + "".join(f"{r[row]:>16.1f}" for r in results.values()))
 
 
 def analyse(workdir: Path) -> dict[str, float]:

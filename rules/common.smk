@@ -61,7 +61,7 @@ def previous_population(wildcards):
 
 
 def arch_of(wildcards):
-    return lookup_arch(glob.glob(f"results/{wildcards.stage}/gen*/candidates.parquet"), wildcards.hash)
+    return lookup_arch(lambda: glob.glob(f"results/{wildcards.stage}/gen*/candidates.parquet"), wildcards.hash)
 
 
 def stage_options(stage):

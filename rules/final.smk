@@ -12,7 +12,7 @@ rule final_train:
         status="results/final/{name}/train.json",
         arch="results/final/{name}/arch.txt",
     params:
-        data=lambda wc: search_data(),
+        data=search_data(),
         options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
         final=config["final"],
     log:
@@ -64,7 +64,7 @@ rule final_evaluate:
     output:
         "results/final/{name}/metrics.json",
     params:
-        data=lambda wc: search_data(),
+        data=search_data(),
         options=lambda wc: stage_options("final"),
     log:
         "results/logs/final/{name}/evaluate.log",

@@ -29,11 +29,11 @@ rule train:
         model="results/{stage}/candidates/{hash}/model.pt",
         status="results/{stage}/candidates/{hash}/train.json",
     input:
-        train_json=lambda wc: search_data()["train_json"],
-        val_json=lambda wc: search_data()["val_json"],
+        train_json=search_data()["train_json"],
+        val_json=search_data()["val_json"],
     params:
         arch=arch_of,
-        data=lambda wc: search_data(),
+        data=search_data(),
         options=lambda wc: stage_options(wc.stage),
     log:
         "results/logs/{stage}/candidates/{hash}/train.log",
@@ -88,7 +88,7 @@ rule evaluate:
         "results/{stage}/candidates/{hash}/metrics.json",
     params:
         arch=arch_of,
-        data=lambda wc: search_data(),
+        data=search_data(),
         options=lambda wc: stage_options(wc.stage),
     log:
         "results/logs/{stage}/candidates/{hash}/evaluate.log",

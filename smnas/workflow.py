@@ -5,11 +5,10 @@ so all of the workflow's logic is importable and unit-tested without Snakemake.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
@@ -96,25 +95,32 @@ def num_classes_of(train_json: str | Path) -> int:
     return len(load_coco(train_json, check_images=False)["categories"])
 
 
-def lookup_arch(tables: Iterable[str | Path], hash_: str) -> str:
-    """The architecture string of candidate ``hash_`` from a stage's candidates tables.
+def lookup_arch(tables: Iterable[str | Path] | Callable[[], Iterable[str | Path]], hash_: str) -> str:
+    """The architecture string of candidate ``hash_`` from the candidates tables.
 
-    Called once per job while Snakemake plans, so the tables are indexed once (per content).
+    Called for every candidate job while Snakemake plans (3,000 times for 20 x 50 x 3 jobs), so the
+    tables (or a callable listing them, called only when needed) are read into one index that is
+    refreshed only when a hash is missing: a hash is a function of its architecture, so an entry
+    never goes stale, and a new generation's table adds entries.
     """
-    key = tuple(sorted((str(t), Path(t).stat().st_mtime_ns) for t in tables))
-    arch = _arch_index(key).get(hash_)
+    arch = _ARCH_INDEX.get(hash_)
+    if arch is not None:
+        return arch
+    paths = [str(t) for t in (tables() if callable(tables) else tables)]
+    for path in paths:
+        mtime = Path(path).stat().st_mtime_ns
+        if _ARCH_TABLES.get(path) != mtime:
+            df = pd.read_parquet(path, columns=["arch", "hash"])
+            _ARCH_INDEX.update(zip(df["hash"], df["arch"]))
+            _ARCH_TABLES[path] = mtime
+    arch = _ARCH_INDEX.get(hash_)
     if arch is None:
-        raise SmnasError(f"candidate {hash_} is in none of the candidates tables {[t for t, _ in key]}")
+        raise SmnasError(f"candidate {hash_} is in none of the candidates tables {paths}")
     return arch
 
 
-@functools.lru_cache(maxsize=8)
-def _arch_index(tables: tuple[tuple[str, int], ...]) -> dict[str, str]:
-    index: dict[str, str] = {}
-    for path, _mtime in tables:
-        df = pd.read_parquet(path, columns=["arch", "hash"])
-        index.update(zip(df["hash"], df["arch"]))
-    return index
+_ARCH_INDEX: dict[str, str] = {}  # candidate hash -> architecture string, from every table read
+_ARCH_TABLES: dict[str, int] = {}  # table path -> mtime when read
 
 
 # ---- one candidate -------------------------------------------------------------------------

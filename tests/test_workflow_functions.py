@@ -54,6 +54,16 @@ def test_lookup_arch(tmp_path):
     assert lookup_arch([tmp_path / "t.parquet"], spec_hash(A)) == A
     with pytest.raises(SmnasError, match="none of the candidates tables"):
         lookup_arch([tmp_path / "t.parquet"], "0" * 12)
+    # a later generation's table: a miss lists and reads the tables again (a hit does not)
+    listed = []
+
+    def tables():
+        listed.append(1)
+        return sorted(tmp_path.glob("*.parquet"))
+
+    assert lookup_arch(tables, spec_hash(A)) == A and not listed
+    candidates_table([{"arch": B, "stage": "s", "generation": 1, "parent": A, "status": "pending", "reason": ""}]).to_parquet(tmp_path / "u.parquet")
+    assert lookup_arch(tables, spec_hash(B)) == B and len(listed) == 1
 
 
 def test_final_arch_switches_to_bn_and_overrides_paper_size(tmp_path):

@@ -134,6 +134,8 @@ def _run_in_server(sock: socket.socket, request: dict[str, Any]) -> int | None:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         code = _receive(sock, b"X")
+    except OSError:  # connection reset: the server died
+        code = None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
