@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,7 @@ def bench_main(keep: Path | None, forkserver: bool = True) -> dict[str, float]:
         from smnas.forkserver.server import stop_all
 
         stop_all(servers)
+        shutil.rmtree(servers, ignore_errors=True)
     (workdir / "bench_run.json").write_text(json.dumps({"start": start, "end": time.time(), "forkserver": forkserver}))
     return analyse(workdir)
 
