@@ -87,13 +87,11 @@ def transfer_targets(dataset):
     return [f"results/transfer/{dataset}/{n}/metrics.json" for n in names]
 
 
-def final_inputs(wildcards):
+def final_arch_inputs(wildcards):
     """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
-    data = search_data()
-    inputs = {"train_json": data["train_json"], "val_json": data["val_json"]}
     if wildcards.name.startswith("front"):
-        inputs["front"] = checkpoints.front.get(stage="stage2").output.front
-    return inputs
+        return {"front": checkpoints.front.get(stage="stage2").output.front}
+    return {}
 
 
 def transfer_data(dataset):

@@ -3,18 +3,36 @@
 # scale-jitter augmentation, evaluated with the official COCO metrics.
 
 
+rule final_arch:
+    """The architecture of a final model: front{i} of the stage-two front or a paper model, in BN.
+    Its own step, so transfer training starts beside final training, not after it."""
+    input:
+        unpack(final_arch_inputs),
+    output:
+        "results/final/{name}/arch.txt",
+    params:
+        final=config["final"],
+    log:
+        "results/logs/final/{name}/arch.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/final_arch.py"
+
+
 rule final_train:
     """Final training of one architecture (BN, long schedule, flip + scale jitter)."""
     input:
-        unpack(final_inputs),
+        train_json=search_data()["train_json"],
+        val_json=search_data()["val_json"],
+        arch=rules.final_arch.output[0],
     output:
         model="results/final/{name}/model.pt",
         status="results/final/{name}/train.json",
-        arch="results/final/{name}/arch.txt",
     params:
         data=search_data(),
         options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
-        final=config["final"],
     log:
         "results/logs/final/{name}/train.log",
     benchmark:
@@ -27,7 +45,7 @@ rule final_train:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/final_train.py"
+        "../scripts/train.py"
 
 
 rule final_time:
@@ -35,7 +53,7 @@ rule final_time:
     input:
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_train.output.arch,
+        arch=rules.final_arch.output[0],
     output:
         "results/final/{name}/latency.json",
     params:
@@ -59,7 +77,7 @@ rule final_evaluate:
     input:
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_train.output.arch,
+        arch=rules.final_arch.output[0],
         latency=rules.final_time.output,
     output:
         "results/final/{name}/metrics.json",

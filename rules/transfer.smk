@@ -8,7 +8,7 @@ rule transfer_train:
     input:
         train_json=lambda wc: transfer_data(wc.dataset)["train_json"],
         val_json=lambda wc: transfer_data(wc.dataset)["val_json"],
-        arch=rules.final_train.output.arch,
+        arch=rules.final_arch.output[0],
     output:
         model="results/transfer/{dataset}/{name}/model.pt",
         status="results/transfer/{dataset}/{name}/train.json",
@@ -27,7 +27,7 @@ rule transfer_train:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/transfer_train.py"
+        "../scripts/train.py"
 
 
 rule transfer_evaluate:
@@ -35,7 +35,7 @@ rule transfer_evaluate:
     input:
         model=rules.transfer_train.output.model,
         status=rules.transfer_train.output.status,
-        arch=rules.final_train.output.arch,
+        arch=rules.final_arch.output[0],
     output:
         "results/transfer/{dataset}/{name}/metrics.json",
     params:

@@ -148,19 +148,6 @@ def run_time(arch: str, options: dict[str, Any], workdir: str | Path, runs: int)
     return time_candidate(parse_spec(arch), opts, workdir, device=options["device"], runs=runs, threads=1)
 
 
-def run_final_train(name: str, front: str | Path | None, final_cfg: dict[str, Any], data: dict[str, str],
-                    options: dict[str, Any], arch_out: str | Path, workdir: str | Path, threads: int = 1) -> dict[str, Any]:
-    """Final training of model ``name`` (see :func:`final_arch`); its architecture goes to ``arch_out``."""
-    spec = final_arch(name, front, final_cfg)
-    write_arch(spec, arch_out)
-    return run_train(str(spec), data, options, workdir, threads=threads)
-
-
-def write_arch(spec: DetectorSpec, path: str | Path) -> None:
-    with atomic_open(path) as f:
-        f.write(f"{spec}\n")
-
-
 def run_evaluate(arch: str, data: dict[str, str], options: dict[str, Any], workdir: str | Path,
                  voc_metric: bool = False) -> dict[str, Any]:
     """evaluate_trained, plus the VOC-style mAP at IoU 0.5 for Pascal VOC."""
@@ -272,6 +259,14 @@ def transfer_image_dirs(dataset: str, cfg: dict[str, Any] | None, builtin: str) 
         return {"train": str(devkit), "val": str(devkit)}
     return {"train": cfg.get("train_images") or f"{builtin}/bdd/images/100k/train",
             "val": cfg.get("val_images") or f"{builtin}/bdd/images/100k/val"}
+
+
+def write_final_arch(name: str, front: str | Path | None, final_cfg: dict[str, Any], out: str | Path) -> None:
+    """Write final model ``name``'s architecture (see :func:`final_arch`) to ``out``."""
+    spec = final_arch(name, front, final_cfg)
+    with atomic_open(out) as f:
+        f.write(f"{spec}\n")
+    log.info("final model %s: %s", name, spec)
 
 
 def final_arch(name: str, front: str | Path | None, final_cfg: dict[str, Any]) -> DetectorSpec:
