@@ -11,8 +11,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign
 
-from smnas.models.ga_rpn import (
-    GuidedAnchorRPN,
+from smnas.models.ga_rpn import GuidedAnchorRPN
+from smnas.models.ga_targets import (
     assign_levels,
     bounded_iou_shape_loss,
     location_targets,

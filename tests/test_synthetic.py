@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic detection dataset (smnas.data.synthetic)."""
+"""Tests of the built-in synthetic detection dataset (smnas.data.synthetic, smnas.data.scenes)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from smnas.data import synthetic
-from smnas.data.synthetic import BDD_NAMES, CLASSES, VOC_NAMES, make_dataset
+from smnas.data import scenes, synthetic
+from smnas.data.scenes import CLASSES
+from smnas.data.synthetic import BDD_NAMES, VOC_NAMES, make_dataset
 
 SIZE = (128, 96)  # (width, height)
 BDD_DETECTION_CLASSES = {"pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -72,7 +73,7 @@ def test_coco_json_is_valid(tiny: tuple[Path, dict[str, Path]], split: str, coun
         with Image.open(paths[f"coco_{split}_images"] / img["file_name"]) as im:
             assert im.size == (img["width"], img["height"]) == SIZE and im.mode == "RGB"
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
-        assert 1 <= len(anns) <= synthetic.MAX_OBJECTS
+        assert 1 <= len(anns) <= scenes.MAX_OBJECTS
         for a in anns:
             x, y, w, h = a["bbox"]
             assert w > 0 and h > 0 and x >= 0 and y >= 0
@@ -109,7 +110,7 @@ def test_voc_xml(tiny: tuple[Path, dict[str, Path]]) -> None:
 
 
 def test_voc_marks_heavily_covered_objects_difficult() -> None:
-    inst = synthetic._Instance("ring", CLASSES.index("ring"), (0, 4, 9, 20), 30, 0.2, True, True)
+    inst = scenes.Instance("ring", CLASSES.index("ring"), (0, 4, 9, 20), 30, 0.2, True, True)
     root = ET.fromstring(synthetic._voc_xml("000005", (64, 64), [inst]))
     obj = root.find("object")
     assert obj.findtext("name") == VOC_NAMES["ring"]
@@ -182,7 +183,7 @@ def test_colour_alone_does_not_decide_the_class() -> None:
     n = 3000
     for _ in range(n):
         cls = int(rng.integers(len(CLASSES)))
-        item = synthetic._sample_object(rng, cls, 256, 192)
+        item = scenes._sample_object(rng, cls, 256, 192)
         hue = _hue(item.colour)
         nearest = int(np.argmin(np.abs((hue - centres + 0.5) % 1.0 - 0.5)))
         hits += nearest == cls
@@ -203,16 +204,16 @@ def _hue(rgb: np.ndarray) -> float:
 
 def test_occlusion_and_truncation_are_measured_exactly() -> None:
     white = np.ones(3, np.float32)
-    back = synthetic._Item("circle", 0, 30.0, 30.0, 10.0, 0.0, white, "solid")
-    front = synthetic._Item("square", 1, 38.0, 30.0, 8.0, math.pi / 4, white * 0.5, "solid")
-    edge = synthetic._Item("circle", 0, 2.0, 50.0, 6.0, 0.0, white, "solid")
+    back = scenes.Item("circle", 0, 30.0, 30.0, 10.0, 0.0, white, "solid")
+    front = scenes.Item("square", 1, 38.0, 30.0, 8.0, math.pi / 4, white * 0.5, "solid")
+    edge = scenes.Item("circle", 0, 2.0, 50.0, 6.0, 0.0, white, "solid")
     img = Image.new("RGB", (64, 64))
-    back_inst, front_inst, edge_inst = synthetic._draw_items(np.random.default_rng(0), img,
-                                                             [back, front, edge])
+    back_inst, front_inst, edge_inst = scenes._draw_items(np.random.default_rng(0), img,
+                                                          [back, front, edge])
 
     # Redraw the masks independently: the back circle loses what the square covers.
-    def full(item: synthetic._Item) -> np.ndarray:
-        mask, x0, y0 = synthetic._shape_mask(item)
+    def full(item: scenes.Item) -> np.ndarray:
+        mask, x0, y0 = scenes._shape_mask(item)
         canvas = np.zeros((64 + 40, 64 + 40), bool)
         canvas[y0 + 20:y0 + 20 + mask.height, x0 + 20:x0 + 20 + mask.width] = np.asarray(mask) > 0
         return canvas
@@ -232,8 +233,8 @@ def test_occlusion_and_truncation_are_measured_exactly() -> None:
 
 
 def test_hidden_objects_are_not_labelled() -> None:
-    def make(vis: float, px: int) -> synthetic._Instance:
-        return synthetic._Instance("star", 3, (0, 0, 5, 5), px, vis, False, True)
+    def make(vis: float, px: int) -> scenes.Instance:
+        return scenes.Instance("star", 3, (0, 0, 5, 5), px, vis, False, True)
 
     kept = synthetic._labelled([make(0.29, 500), make(0.3, 500), make(0.9, 9), make(0.9, 10)])
     assert [(i.visibility, i.pixels) for i in kept] == [(0.3, 500), (0.9, 10)]

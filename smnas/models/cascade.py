@@ -24,10 +24,12 @@ Choices where detectron2 and mmdetection differ, or torchvision has no precedent
   the mean of the stages' softmax scores, the boxes the last stage's regression (detectron2 and
   mmdetection), then torchvision's postprocess: per-class score threshold, small boxes removed,
   per-class NMS, top-k.
+
+The per-stage pieces (default thresholds and box-coder weights, ``CascadeBoxPredictor``, the stage
+loss) are in :mod:`smnas.models.cascade_stage`; this module holds the cascade loop and its factory.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,99 +40,17 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 
 from smnas.errors import SpecError
-
-BoxWeights = tuple[float, float, float, float]
-
-STAGE_IOU_THRESHOLDS: dict[int, tuple[float, ...]] = {
-    2: (0.5, 0.6),
-    3: (0.5, 0.6, 0.7),
-    4: (0.5, 0.6, 0.7, 0.75),
-}
-# Later stages see better-localised boxes, so their deltas are smaller: larger weights keep the
-# regression targets at unit scale (Cascade R-CNN, section 4.2).
-STAGE_BBOX_REG_WEIGHTS: tuple[BoxWeights, ...] = (
-    (10.0, 10.0, 5.0, 5.0),
-    (20.0, 20.0, 10.0, 10.0),
-    (30.0, 30.0, 15.0, 15.0),
-    (40.0, 40.0, 20.0, 20.0),
+from smnas.models.cascade_stage import (
+    STAGE_BBOX_REG_WEIGHTS,
+    STAGE_IOU_THRESHOLDS,
+    BoxWeights,
+    CascadeBoxPredictor,
+    ScaleGradient,
+    StageOutput,
+    cascade_stage_loss,
 )
+
 _MIN_BOX_SIZE = 1e-2  # torchvision's threshold for an empty box
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; multiplies the gradient by ``scale`` on the way back."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
-
-
-class CascadeBoxPredictor(nn.Module):
-    """Classification and class-agnostic box regression for one cascade stage.
-
-    Args:
-        in_channels: size of the box head's representation.
-        num_classes: number of classes including background (index 0).
-    """
-
-    def __init__(self, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.cls_score = nn.Linear(in_channels, num_classes)
-        self.bbox_pred = nn.Linear(in_channels, 4)
-        # detectron2's init: near-zero deltas at the start, so early stages do not throw the
-        # next stage's boxes around before the regressors have learnt anything.
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        nn.init.zeros_(self.cls_score.bias)
-        nn.init.zeros_(self.bbox_pred.bias)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Args:
-            x: Tensor[R, in_channels] (or [R, in_channels, 1, 1]).
-
-        Returns:
-            class_logits Tensor[R, num_classes], box_deltas Tensor[R, 4] (dx, dy, dw, dh).
-        """
-        x = x.flatten(start_dim=1)
-        return self.cls_score(x), self.bbox_pred(x)
-
-
-@dataclass
-class _StageOutput:
-    """What one stage saw and predicted; lists hold one entry per image."""
-
-    proposals: list[Tensor]  # [R_i, 4] x1y1x2y2, the boxes this stage classified
-    class_logits: Tensor  # [sum R_i, num_classes]
-    box_deltas: Tensor  # [sum R_i, 4]
-    labels: list[Tensor] | None = None  # training: [R_i] int64, 0 = background
-    regression_targets: list[Tensor] | None = None  # training: [R_i, 4]
-
-
-def cascade_stage_loss(
-    class_logits: Tensor, box_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
-) -> tuple[Tensor, Tensor]:
-    """torchvision's ``fastrcnn_loss`` for class-agnostic deltas.
-
-    Args:
-        class_logits: Tensor[R, num_classes].
-        box_deltas: Tensor[R, 4].
-        labels: per image Tensor[R_i] int64 (0 = background), sum R_i = R.
-        regression_targets: per image Tensor[R_i, 4] encoded matched ground-truth boxes.
-
-    Returns:
-        (cross-entropy over all R, smooth-L1 (beta 1/9) over the positives summed / R).
-    """
-    labels_all = torch.cat(labels, dim=0)
-    targets_all = torch.cat(regression_targets, dim=0)
-    loss_classifier = F.cross_entropy(class_logits, labels_all)
-    positive = torch.where(labels_all > 0)[0]
-    loss_box = F.smooth_l1_loss(box_deltas[positive], targets_all[positive], beta=1 / 9, reduction="sum")
-    return loss_classifier, loss_box / labels_all.numel()
 
 
 class CascadeRoIHeads(nn.Module):
@@ -227,8 +147,8 @@ class CascadeRoIHeads(nn.Module):
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None,
-    ) -> list[_StageOutput]:
-        outputs: list[_StageOutput] = []
+    ) -> list[StageOutput]:
+        outputs: list[StageOutput] = []
         boxes = proposals
         for stage in range(self.num_stages):
             if stage > 0:
@@ -237,11 +157,11 @@ class CascadeRoIHeads(nn.Module):
             if self.training:
                 boxes, labels, regression_targets = self.select_training_samples(stage, boxes, targets)
             class_logits, box_deltas = self._run_stage(stage, features, boxes, image_shapes)
-            outputs.append(_StageOutput(boxes, class_logits, box_deltas, labels, regression_targets))
+            outputs.append(StageOutput(boxes, class_logits, box_deltas, labels, regression_targets))
         return outputs
 
     def _refined_boxes(
-        self, stage: int, output: _StageOutput, image_shapes: list[tuple[int, int]]
+        self, stage: int, output: StageOutput, image_shapes: list[tuple[int, int]]
     ) -> list[Tensor]:
         """Stage ``stage``'s output boxes, the next stage's input: detached, clipped, and in
         training without empty boxes (at inference all are kept so scores stay aligned)."""
@@ -270,7 +190,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         pooled = self.box_roi_pool(features, boxes, image_shapes)
         if self.training:
-            pooled = _ScaleGradient.apply(pooled, 1.0 / self.num_stages)
+            pooled = ScaleGradient.apply(pooled, 1.0 / self.num_stages)
         class_logits, box_deltas = self.box_predictors[stage](self.box_heads[stage](pooled))
         num_boxes = sum(len(b) for b in boxes)
         if box_deltas.shape != (num_boxes, 4) or class_logits.shape[0] != num_boxes:
@@ -327,7 +247,7 @@ class CascadeRoIHeads(nn.Module):
             labels.append(labels_i)
         return matched_idxs, labels
 
-    def _losses(self, outputs: list[_StageOutput]) -> dict[str, Tensor]:
+    def _losses(self, outputs: list[StageOutput]) -> dict[str, Tensor]:
         losses = {}
         for k, out in enumerate(outputs, start=1):
             assert out.labels is not None and out.regression_targets is not None  # set in training
@@ -339,7 +259,7 @@ class CascadeRoIHeads(nn.Module):
         return losses
 
     def _detections(
-        self, outputs: list[_StageOutput], image_shapes: list[tuple[int, int]]
+        self, outputs: list[StageOutput], image_shapes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         scores = torch.stack([F.softmax(out.class_logits, dim=-1) for out in outputs]).mean(dim=0)
         last = outputs[-1]
