@@ -1,6 +1,8 @@
 """Detector specs: canonical strings round-trip, validity rules, clear errors; the stage-one space."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,7 +47,26 @@ def test_example_strings():
     assert s.backbone == BackboneSpec("resnet50") and s.neck == NeckSpec("fpn", 2, 5, 128)
     assert s.head == HeadSpec("cascade", 3, 1024) and s.input_size == (800, 600)
     assert str(parse_spec("basicblock_64_1-21-21-12+fpn:P2-P5:c128+rpn+2fc+512x512+gnws")).startswith("basicblock_64_1-21-21-12+")
-    assert spec_hash(s) == spec_hash(str(s)) and len(spec_hash(s)) == 12
+
+
+def test_spec_hash_is_the_sha1_prefix_of_the_canonical_string():
+    text = "resnet50+fpn:P2-P5:c128+rpn+cascade3+800x600+bn"
+    expected = hashlib.sha1(b"resnet50+fpn:P2-P5:c128+rpn+cascade3+800x600+bn").hexdigest()
+    assert spec_hash(parse_spec(text)) == spec_hash(text) == expected[:12]
+    assert spec_hash(text, length=40) == expected
+    # one field apart: another canonical string, another hash
+    assert spec_hash("resnet50+fpn:P2-P5:c128+rpn+cascade2+800x600+bn") != spec_hash(text)
+
+
+@pytest.mark.parametrize("variant", [
+    "resnet18@0.250+none+rpn+cascade3:1024+320x240+bn",  # trailing zero; the default FC width spelt out
+    " resnet18@.25+none+rpn+cascade3+320x240+bn\n",  # no leading zero; surrounding white space
+])
+def test_spellings_of_one_spec_share_its_hash_once_parsed(variant):
+    canonical = "resnet18@0.25+none+rpn+cascade3+320x240+bn"
+    assert variant != canonical
+    assert str(parse_spec(variant)) == canonical
+    assert spec_hash(parse_spec(variant)) == spec_hash(canonical)
 
 
 @pytest.mark.parametrize("text, match", [

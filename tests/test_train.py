@@ -1,7 +1,9 @@
 """The training loop: exact resume, non-finite loss handling, schedule."""
 from __future__ import annotations
 
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,40 +31,108 @@ class _Interrupt(Exception):
     pass
 
 
+def _interrupt_after(epochs: int, model, data, workdir) -> None:
+    """Train with CFG until ``epochs`` epochs are checkpointed, then stop as a kill would."""
+    def stop(epoch, _losses):
+        if epoch == epochs:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(model, data, CFG, workdir, progress=False, on_epoch_end=stop)
+
+
+def _fresh_process_model(paths):
+    """The model a new process would build before resuming: other random weights."""
+    torch.manual_seed(12345)
+    model, _ = _setup(paths)
+    for p in model.parameters():
+        p.data.normal_()
+    return model
+
+
+def _assert_same_weights(model_a, model_b) -> None:
+    sa, sb = model_a.state_dict(), model_b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
 def test_resume_after_interruption_gives_identical_weights(tiny_coco, tmp_path):
     model_a, data = _setup(tiny_coco)
     res_a = train(model_a, data, CFG, tmp_path / "a", progress=False)
     assert res_a.status == "ok" and res_a.epochs == 3 and len(res_a.history) == 3
 
-    def stop_after_first(epoch, _losses):
-        if epoch == 1:
-            raise _Interrupt
-
     model_b, _ = _setup(tiny_coco)
-    with pytest.raises(_Interrupt):
-        train(model_b, data, CFG, tmp_path / "b", progress=False, on_epoch_end=stop_after_first)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["epoch"] == 1
-    # A fresh process would build a fresh model with other random weights: simulate that.
-    torch.manual_seed(12345)
-    model_c, _ = _setup(tiny_coco)
-    for p in model_c.parameters():
-        p.data.normal_()
+    _interrupt_after(1, model_b, data, tmp_path / "b")
+    # plain weights_only=True, no allow-list: the checkpoint holds tensors and plain values only
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 1
+    model_c = _fresh_process_model(tiny_coco)
     res_c = train(model_c, data, CFG, tmp_path / "b", progress=False)
     assert res_c.status == "ok" and res_c.history == res_a.history
-    sa, sc = model_a.state_dict(), model_c.state_dict()
-    assert sa.keys() == sc.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sc[k]), k
+    _assert_same_weights(model_a, model_c)
 
 
-def test_resume_differs_from_restart_without_checkpoint(tiny_coco, tmp_path):
-    """Guard: the equality above is not trivially true (another seed gives other weights)."""
+def test_resume_takes_its_state_from_the_checkpoint(tiny_coco, tmp_path):
+    """The equality above is not a restart that happens to match: edit the checkpoint and the
+    resumed run follows the edit, from the epoch after the checkpoint's."""
     model_a, data = _setup(tiny_coco)
-    train(model_a, data, TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=2, seed=3), tmp_path / "a", progress=False)
+    res_a = train(model_a, data, CFG, tmp_path / "a", progress=False)
     model_b, _ = _setup(tiny_coco)
-    train(model_b, data, TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=2, seed=4), tmp_path / "b", progress=False)
-    diffs = [not torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values())]
-    assert any(diffs)
+    _interrupt_after(1, model_b, data, tmp_path / "b")
+    state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    state["model"][name][0] += 0.5
+    state["history"][0] = {**state["history"][0], "loss": 123.0}
+    torch.save(state, tmp_path / "b" / CHECKPOINT)
+
+    model_c, epochs_run = _fresh_process_model(tiny_coco), []
+    res_c = train(model_c, data, CFG, tmp_path / "b", progress=False,
+                  on_epoch_end=lambda epoch, _losses: epochs_run.append(epoch))
+    assert res_c.status == "ok" and epochs_run == [2, 3]  # a restart would run epoch 1 again
+    assert res_c.history[0] == {**res_a.history[0], "loss": 123.0}  # the checkpoint's, not recomputed
+    assert not torch.equal(model_c.state_dict()[name], model_a.state_dict()[name])
+    assert res_c.history[1:] != res_a.history[1:]  # training went on from the edited weights
+
+
+def test_checkpoint_with_the_older_numpy_rng_form_still_resumes(tiny_coco, tmp_path):
+    """Checkpoints written before the RNG state went in as plain values hold numpy's state as
+    get_state() returns it, a tuple with an ndarray: runs interrupted then must still resume."""
+    model_a, data = _setup(tiny_coco)
+    res_a = train(model_a, data, CFG, tmp_path / "a", progress=False)
+    model_b, _ = _setup(tiny_coco)
+    _interrupt_after(1, model_b, data, tmp_path / "b")
+    state = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    new = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (new["bit_generator"], np.asarray(new["state"]["key"], dtype=np.uint32),
+                             new["state"]["pos"], new["has_gauss"], new["gauss"])
+    torch.save(state, tmp_path / "b" / CHECKPOINT)
+    with pytest.raises(pickle.UnpicklingError):  # what load_checkpoint's allow-list is for
+        torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+
+    model_c = _fresh_process_model(tiny_coco)
+    res_c = train(model_c, data, CFG, tmp_path / "b", progress=False)
+    assert res_c.status == "ok" and res_c.history == res_a.history
+    _assert_same_weights(model_a, model_c)
+
+
+class _RunsCode:
+    """Pickles as a call to open(marker, "w"): what loading a checkpoint in full would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_checkpoint_that_names_code_is_refused_not_run(tiny_coco, tmp_path):
+    model, data = _setup(tiny_coco)
+    marker = tmp_path / "ran"
+    (tmp_path / "w").mkdir()
+    torch.save({"model": model.state_dict(), "epoch": 1, "payload": _RunsCode(marker)}, tmp_path / "w" / CHECKPOINT)
+    with pytest.raises(pickle.UnpicklingError, match="open"):
+        train(model, data, CFG, tmp_path / "w", progress=False)
+    assert not marker.exists()
 
 
 class _NaNAfter(torch.nn.Module):
@@ -86,7 +156,7 @@ def test_non_finite_loss_is_a_recorded_failure(tiny_coco, tmp_path):
     assert result.status == "failed"
     assert "non-finite loss at epoch 2 step 2" in result.reason and "loss_classifier=nan" in result.reason
     assert result.epochs == 1  # epoch 1 finished and was checkpointed
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 1
 
 
 def test_lr_schedule_warmup_then_cosine():

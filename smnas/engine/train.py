@@ -2,9 +2,9 @@
 
     result = train(model, dataset, TrainConfig(epochs=5, lr=0.04), workdir="results/x/train")
 
-SGD with momentum and weight decay, linear warm-up then cosine decay per iteration (SPEC.md:
-cosine 0.04 -> 0.0001). A checkpoint is written atomically after every epoch with the model,
-optimizer, scheduler and every RNG state, so a training killed at any point resumes from its last
+SGD with momentum and weight decay, linear warm-up then cosine decay per iteration (the paper's
+stage one: cosine 0.04 -> 0.0001). A checkpoint is written atomically after every epoch with the
+model, optimizer, scheduler and every RNG state, so a training killed at any point resumes from its last
 finished epoch and ends with exactly the weights an uninterrupted run would have (CPU, same
 seed). A non-finite loss stops the candidate: the result says ``status="failed"`` and why,
 and nothing is raised, so a search generation goes on.
@@ -37,7 +37,7 @@ CHECKPOINT = "last.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one training run (defaults: SPEC.md stage one)."""
+    """Optimisation settings of one training run (defaults: the paper's stage one)."""
 
     epochs: int = 5  # paper stage one: 5 epochs per candidate
     batch_size: int = 2  # per device; the paper's 16 is 8 GPUs x 2
@@ -92,9 +92,13 @@ def lr_lambda(cfg: TrainConfig, total_iters: int) -> Callable[[int], float]:
 
 
 def _rng_state(sampler_gen: torch.Generator) -> dict[str, Any]:
+    # Tensors and plain Python values only, so that the checkpoint loads with weights_only=True:
+    # numpy's state holds an ndarray, which that loader refuses; its key goes in as a list of ints.
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_state,
         "python": random.getstate(),
         "sampler": sampler_gen.get_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -103,7 +107,11 @@ def _rng_state(sampler_gen: torch.Generator) -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any], sampler_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):  # a tuple is the ndarray form of checkpoints written before
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"],
+                                                "key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32)}}
+    np.random.set_state(numpy_state)
     random.setstate(state["python"])
     sampler_gen.set_state(state["sampler"])
     if state.get("cuda") is not None and torch.cuda.is_available():
@@ -135,6 +143,35 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch, sampler_gen
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+# What a checkpoint written before the RNG state went in as plain types holds besides tensors:
+# numpy's RNG key, an ndarray. Allowed while loading one, so that runs interrupted before an
+# upgrade still resume; torch's documentation names these for loading numpy arrays.
+_LEGACY_CHECKPOINT_GLOBALS: list[Any] = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+try:
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1
+    from numpy.core.multiarray import _reconstruct
+_LEGACY_CHECKPOINT_GLOBALS.append(_reconstruct)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint (``last.pt``) without running code from it.
+
+    ``weights_only=True``: a checkpoint is a file in a shared results folder, and unpickling it
+    in full would run whatever it names. Checkpoints hold tensors and plain Python values only;
+    those written before that also hold numpy's RNG key, and the numpy types it needs are allowed.
+
+    Args:
+        path: the checkpoint file.
+        device: where its tensors go (keep the CPU to restore RNG states from them).
+
+    Returns:
+        The state :func:`train` saved: model, optimizer, scheduler, epoch, rng, history, seconds, spans.
+    """
+    with torch.serialization.safe_globals(_LEGACY_CHECKPOINT_GLOBALS):
+        return torch.load(path, map_location=device, weights_only=True)
 
 
 def train(
@@ -178,7 +215,9 @@ def train(
     start_epoch, history, seconds, spans = 0, [], 0.0, []
     ckpt_path = workdir / CHECKPOINT
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # On the CPU whatever ``device``: the RNG states must be CPU tensors (torch.set_rng_state
+        # refuses others), and the model and optimizer copy theirs to their parameters' device.
+        state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -140,8 +140,15 @@ class Server:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(tmp))
-        os.chmod(tmp, 0o600)
+        # bind() creates the socket file with 0o777 less the umask; a chmod afterwards would leave
+        # a window in which another user could connect. Under umask 177 it is born 0600 (077
+        # would give 0700: private too, but an execute bit means nothing on a socket). The server
+        # has no other thread creating files, so changing the process-wide umask is safe here.
+        previous = os.umask(0o177)
+        try:
+            listener.bind(str(tmp))
+        finally:
+            os.umask(previous)
         listener.listen(64)
         os.rename(tmp, self.path)  # appears only once it accepts
         self.inode = self.path.stat().st_ino
