@@ -25,7 +25,7 @@ import time
 import torch
 
 from smnas.engine.device_lock import DeviceLock
-from smnas.engine.measure import measure_latency
+from smnas.engine.measure import measure_latency, noise_images
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.spec import parse_spec
 
@@ -76,7 +76,7 @@ def main() -> None:
                 time.sleep(2)  # let it get going
             lock = DeviceLock(args.device, lock_dir) if "with" in name else None
             with lock.exclusive() if lock else contextlib.nullcontext():
-                lat = measure_latency(model, spec.input_size, device=args.device, runs=args.runs, threads=1)
+                lat = measure_latency(model, noise_images(spec.input_size), device=args.device, runs=args.runs, threads=1)
             results[name].append(lat.median_ms)
             if proc is not None:
                 stop.set()

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from smnas.engine.measure import count_macs, measure_latency
+from smnas.engine.measure import count_macs, measure_latency, noise_images
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.search.space import StageOneSpace
 
@@ -29,7 +29,7 @@ def main() -> None:
     for spec in space:
         torch.manual_seed(0)
         model = build_detector(spec, opts).eval()
-        lat = measure_latency(model, (w, h), warmup=2, runs=args.runs, threads=args.threads)
+        lat = measure_latency(model, noise_images((w, h)), warmup=2, runs=args.runs, threads=args.threads)
         with torch.no_grad():
             gmacs = count_macs(model, [torch.rand(3, h, w)]) / 1e9
         rows.append((str(spec), lat.median_ms, gmacs))

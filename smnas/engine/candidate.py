@@ -1,7 +1,7 @@
 """One candidate architecture, in the workflow's three steps: train, time, evaluate.
 
     train_candidate(spec, data, cfg, opts, "cand/")      # cand/model.pt, cand/train.json
-    time_candidate(spec, opts, "cand/")                  # cand/latency.json
+    time_candidate(spec, opts, "cand/", data)            # cand/latency.json
     evaluate_trained(spec, data, opts, "cand/")          # cand/metrics.json (the table row)
 
 ``evaluate_candidate`` runs all three (``smnas train``). A candidate whose training fails (a
@@ -85,8 +85,11 @@ def backbone_cost(encoding: str, input_size: tuple[int, int], norm: str = "bn") 
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
+    # A Python MemoryError is out of memory whatever its text (often none); torch raises CPU
+    # allocation failures as RuntimeError("... DefaultCPUAllocator: can't allocate memory ...").
     text = str(err)
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
 
 
 def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts: DetectorOptions,
@@ -110,7 +113,8 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
         if not _is_out_of_memory(err):
             raise
         log.error("%s: out of memory: %s", spec, err)
-        result = {"status": "failed", "reason": f"out of memory: {str(err).splitlines()[0]}", "epochs": 0,
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]  # a bare MemoryError has no text
+        result = {"status": "failed", "reason": f"out of memory: {first_line}", "epochs": 0,
                   "seconds": 0.0, "images_per_second": 0.0, "history": []}
     result.update(arch=str(spec), num_classes=opts.num_classes, train=asdict(cfg))
     with atomic_path(workdir / "model.pt") as tmp:
@@ -129,20 +133,59 @@ def _train_status(workdir: Path) -> dict[str, Any]:
     return json.loads((workdir / "train.json").read_text())
 
 
-def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Path, device: str = "cpu",
-                   runs: int = 20, threads: int | None = 1) -> dict[str, Any]:
-    """Median batch-1 latency of the trained model; write ``latency.json``."""
+def latency_images(data: DataPaths, n: int) -> list[torch.Tensor]:
+    """The first ``n`` validation images in the dataset's order (by image id), for timing.
+
+    Args:
+        data: the split paths; only ``val_json`` and ``val_images`` are read.
+        n: how many images; fewer come back when the split has fewer.
+
+    Returns:
+        ``min(n, len(val))`` tensors ``Tensor[3, H, W]`` float in [0, 1] at the files' own sizes
+        (the detector's transform resizes them to its input size, as at evaluation).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    # Only n files are read: DetectionDataset names a missing one; checking all is evaluation's job.
+    dataset = DetectionDataset(load_coco(data.val_json, data.val_images, check_images=False), data.val_images)
+    return [dataset[i][0] for i in range(min(n, len(dataset)))]
+
+
+def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Path, data: DataPaths,
+                   num_images: int = 20, device: str = "cpu", runs: int = 1,
+                   threads: int | None = 1) -> dict[str, Any]:
+    """Batch-1 latency of the trained model over the first validation images; write ``latency.json``.
+
+    The SM-NAS paper (Yao et al., AAAI 2020) averages inference time over test images: a
+    two-stage detector's work depends on the image (proposals surviving NMS), so one noise
+    image would misrepresent it.
+
+    Args:
+        spec, opts: the detector, built as it was trained.
+        workdir: holds ``train.json`` and ``model.pt``; ``latency.json`` is written there.
+        data: the splits; the first ``num_images`` of the val split are timed.
+        num_images: how many val images (fewer when the split has fewer).
+        device: where to time.
+        runs: passes over the images (each image timed once per pass).
+        threads: CPU intra-op threads while timing.
+
+    Returns:
+        What ``latency.json`` holds: ``latency_ms`` (median per-image forward; None when training
+        failed), ``latency_mean_ms``, ``latency_runs``, ``latency_images``, ``device`` and
+        ``spans`` (Unix times of the measured window).
+    """
     workdir = Path(workdir)
     if _train_status(workdir)["status"] != "ok":
         out: dict[str, Any] = {"latency_ms": None, "device": ""}
     else:
         model = _load_model(spec, opts, workdir, device)
+        images = latency_images(data, num_images)
         with DeviceLock(device).exclusive():  # no other smnas job computes on the device meanwhile
             start = time.time()
-            lat = measure_latency(model, spec.input_size, device=device, runs=runs, threads=threads)
+            lat = measure_latency(model, images, device=device, runs=runs, threads=threads)
             span = [start, time.time()]  # Unix time, for bench/workflow.py
-        out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs, "device": lat.device,
-               "spans": [span]}
+        out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs,
+               "latency_images": lat.images, "device": lat.device, "spans": [span]}
     atomic_write_json(workdir / "latency.json", out, indent=2)
     return out
 
@@ -185,9 +228,13 @@ def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions,
 
 
 def evaluate_candidate(spec: DetectorSpec, data: DataPaths, train_cfg: TrainConfig, opts: DetectorOptions,
-                       workdir: str | Path, device: str = "cpu", latency_runs: int = 10,
-                       progress: bool | None = None) -> dict[str, Any]:
-    """Train, time and evaluate ``spec`` in ``workdir``; returns the metrics row."""
+                       workdir: str | Path, device: str = "cpu", latency_runs: int = 1,
+                       progress: bool | None = None, latency_images: int = 20) -> dict[str, Any]:
+    """Train, time and evaluate ``spec`` in ``workdir``; returns the metrics row.
+
+    Latency is timed over the first ``latency_images`` val images of ``data``, ``latency_runs``
+    passes (see :func:`time_candidate`).
+    """
     train_candidate(spec, data, train_cfg, opts, workdir, device, progress)
-    time_candidate(spec, opts, workdir, device, runs=latency_runs)
+    time_candidate(spec, opts, workdir, data, num_images=latency_images, device=device, runs=latency_runs)
     return evaluate_trained(spec, data, opts, workdir, device, progress)

@@ -1,8 +1,13 @@
 """Cost measurements: inference latency on the target device, and MACs / parameter counts.
 
-Latency follows SPEC.md (batch 1, the candidate's input size): warm-up runs, then the median of
-many timed runs; CUDA-synchronised on a GPU, a pinned thread count on the CPU. The device's name
-is recorded with the figure, because a latency means nothing without it.
+Latency is taken as in the SM-NAS paper (Yao et al., AAAI 2020): inference time at batch 1,
+averaged over test images. The images are real validation images, because a two-stage
+detector's work depends on the content (how many proposals survive NMS, GA-RPN above all); a
+noise image (:func:`noise_images`) is only for callers without data. Warm-up forwards come
+first, then every image is timed once per pass; we report the median per-image forward (robust
+to the odd scheduler hiccup) beside the mean. CUDA-synchronised on a GPU, a pinned thread count
+on the CPU. The device's name is recorded with the figure, because a latency means nothing
+without it.
 
 MACs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts FLOPs of matmul and
 convolution ops as 2 x multiply-accumulates; we report MACs (FLOPs / 2), the convention of the
@@ -15,7 +20,7 @@ import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,12 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @dataclass(frozen=True)
 class Latency:
-    """A latency figure and how it was taken."""
+    """A latency figure and how it was taken: per-image forward times at batch 1."""
 
     median_ms: float
     mean_ms: float
     min_ms: float
-    runs: int
+    runs: int  # passes over the images; len(images) * runs forwards were timed
+    images: int  # distinct images timed
     device: str  # e.g. "cpu: AMD EPYC 7B13 (2 threads)" or "cuda: NVIDIA H100 80GB HBM3"
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,47 +70,72 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def noise_images(input_size: tuple[int, int], n: int = 1) -> list[torch.Tensor]:
+    """Seeded uniform-noise images, for timing a model when no data is at hand.
+
+    A noise image gives a two-stage detector little to propose, so prefer real images
+    (:func:`smnas.engine.candidate.latency_images`) for figures that are compared with mAP.
+
+    Args:
+        input_size: ``(width, height)``.
+        n: how many images.
+
+    Returns:
+        ``n`` tensors ``Tensor[3, height, width]`` in [0, 1], the same for the same arguments.
+    """
+    width, height = input_size
+    gen = torch.Generator().manual_seed(0)
+    return [torch.rand(3, height, width, generator=gen) for _ in range(n)]
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
-    input_size: tuple[int, int],
+    images: Sequence[torch.Tensor],
     device: str | torch.device = "cpu",
     warmup: int = 3,
-    runs: int = 20,
+    runs: int = 1,
     threads: int | None = 1,
 ) -> Latency:
-    """Median wall time of one forward pass at batch 1.
+    """Wall time of one forward pass at batch 1, over the given images.
 
     Args:
-        model: a detector in the torchvision convention, called as ``model([image])``.
-        input_size: ``(width, height)`` of the input image (the model's own transform may resize).
-        device: where to run. On CUDA every run is bracketed by ``torch.cuda.synchronize``.
-        warmup: untimed runs first (allocator, cuDNN autotuning, caches).
-        runs: timed runs; the median is robust to the odd scheduler hiccup.
+        model: a detector in the torchvision convention, called as ``model([image])``; its own
+            transform resizes each image to its input size, and that resize is timed with it.
+        images: ``Tensor[3, H, W]`` float in [0, 1] each (as DetectionDataset gives them); moved
+            to ``device`` before any timing.
+        device: where to run. On CUDA every forward is bracketed by ``torch.cuda.synchronize``.
+        warmup: untimed forwards first, cycling through ``images`` (allocator, cuDNN
+            autotuning, caches).
+        runs: passes over ``images``; each pass times every image once, in order, so
+            ``len(images) * runs`` forwards are timed.
         threads: CPU intra-op threads during timing (pinned so figures compare); ignored on CUDA.
 
     Returns:
-        A Latency with the median, mean and min in milliseconds and the device's name.
+        A Latency with the median, mean and min of the per-image forward times in milliseconds,
+        the runs, the image count and the device's name.
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
+    if not images:
+        raise ValueError("measure_latency needs at least one image")
     device = torch.device(device)
     model = model.to(device).eval()
-    width, height = input_size
-    gen = torch.Generator().manual_seed(0)
-    image = torch.rand(3, height, width, generator=gen).to(device)  # (3, H, W)
+    images = [im.to(device) for im in images]  # (3, H, W) each; the copy is not part of inference
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with pinned_threads(threads if device.type == "cpu" else None):
-        for i in range(warmup + runs):
-            sync()
-            t0 = time.perf_counter()
-            model([image])
-            sync()
-            if i >= warmup:
+        for i in range(warmup):
+            model([images[i % len(images)]])
+        for _ in range(runs):
+            for image in images:
+                sync()  # nothing queued before may land in this image's time
+                t0 = time.perf_counter()
+                model([image])
+                sync()
                 times.append((time.perf_counter() - t0) * 1000.0)
         name = device_name(device, threads if device.type == "cpu" else None)
-    return Latency(statistics.median(times), statistics.fmean(times), min(times), runs, name)
+    return Latency(statistics.median(times), statistics.fmean(times), min(times), runs, len(images), name)
 
 
 def count_params(module: nn.Module) -> int:
