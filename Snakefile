@@ -23,7 +23,7 @@ include: "rules/report.smk"
 
 
 onstart:
-    # Jobs run in children of one warm process that imported torch once (smnas/forkserver.py);
+    # Jobs run in children of one warm process that imported torch once (smnas/forkserver/);
     # start it now, while the first jobs make the data. Not on a cluster: jobs run elsewhere.
     if workflow.local_exec:
         prestart_forkserver()

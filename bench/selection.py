@@ -26,7 +26,8 @@ import pandas as pd
 from smnas.models.encoding import Encoding, parse_encoding
 from smnas.models.spec import DetectorSpec, parse_spec
 from smnas.search.evolution import mutator, next_generation
-from smnas.search.stage2 import StageTwoSpace, backbone_gmacs
+from smnas.engine.cost import backbone_gmacs
+from smnas.search.space import StageTwoSpace
 from smnas.search.tables import rank_population
 
 TAIL = "+fpn:P2-P5:c{}+rpn+2fc+800x600+gnws"

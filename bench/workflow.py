@@ -169,6 +169,7 @@ def bench_plan(generations: int, population: int) -> None:
     from smnas.models.spec import spec_hash
     from smnas.search.space import StageOneSpace
     from smnas.search.tables import make_table, rank_population, write_table
+    from smnas.workflow.generations import write_arch_files
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -183,6 +184,7 @@ def bench_plan(generations: int, population: int) -> None:
             path = workdir / f"results/stage1/gen{g}/candidates.parquet"
             path.parent.mkdir(parents=True)
             pd.DataFrame(gen).to_parquet(path)
+            write_arch_files(pd.DataFrame(gen), workdir / "results/stage1/candidates")  # as the sample step does
             rows += [dict(r, status="ok", map=0.1, gmacs=1.0, latency_ms=1.0) for r in gen]
             write_table(rank_population(make_table(rows), "latency_ms"), workdir / f"results/stage1/gen{g}/population.parquet")
         # sample outputs exist, candidate outputs do not: the DAG holds every candidate's jobs

@@ -1,14 +1,13 @@
 # Configuration checks and the input functions shared by every rule file.
-import glob
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from smnas.forkserver import prestart as prestart_forkserver
-from smnas.workflow import check_config, lookup_arch
+from smnas.workflow.config import ConfigError, check_config
 
-validate(config, "../config/schema.yaml")
-check_config(config)
+try:
+    check_config(config)  # the schema (config/schema.yaml), then paths and spaces
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
 
 DATA = "results/data"
 BUILTIN = f"{DATA}/synthetic"
@@ -60,10 +59,6 @@ def previous_population(wildcards):
     return [f"results/{wildcards.stage}/gen{g - 1}/population.parquet"] if g > 0 else []
 
 
-def arch_of(wildcards):
-    return lookup_arch(lambda: glob.glob(f"results/{wildcards.stage}/gen*/candidates.parquet"), wildcards.hash)
-
-
 def stage_options(stage):
     """Run-level settings passed to every candidate job of a stage."""
     return {
@@ -87,16 +82,16 @@ def transfer_targets(dataset):
     return [f"results/transfer/{dataset}/{n}/metrics.json" for n in names]
 
 
-def final_arch_inputs(wildcards):
+def final_front(wildcards):
     """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
     if wildcards.name.startswith("front"):
-        return {"front": checkpoints.front.get(stage="stage2").output.front}
-    return {}
+        return checkpoints.front.get(stage="stage2").output.front
+    return []
 
 
 def transfer_data(dataset):
     """COCO JSON (converted by rules/data.smk) and image folders of a transfer dataset."""
-    from smnas.workflow import transfer_image_dirs
+    from smnas.workflow.config import transfer_image_dirs
 
     train_split, val_split = ("train", "test") if dataset == "voc" else ("train", "val")
     images = transfer_image_dirs(dataset, config["transfer"][dataset], BUILTIN)

@@ -7,7 +7,6 @@ rule make_dataset:
         bdd_train=f"{BUILTIN}/bdd/labels/det_20/det_train.json",
         bdd_val=f"{BUILTIN}/bdd/labels/det_20/det_val.json",
     params:
-        out=lambda wc, output: str(Path(output.coco_train).parents[2]),
         seed=config["seed"],
         builtin=config["data"]["builtin"],
     log:
@@ -16,7 +15,7 @@ rule make_dataset:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/make_dataset.py"
+        "../scripts/run.py"
 
 
 rule convert_voc:
@@ -24,7 +23,7 @@ rule convert_voc:
     input:
         lambda wc: [] if config["transfer"]["voc"].get("root") else rules.make_dataset.output.voc_test,
     output:
-        f"{DATA}/voc/{{split}}.json",
+        json=f"{DATA}/voc/{{split}}.json",
     params:
         root=lambda wc: config["transfer"]["voc"].get("root") or f"{BUILTIN}/voc",
         year=lambda wc: config["transfer"]["voc"][f"{wc.split}_year"],
@@ -37,7 +36,7 @@ rule convert_voc:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/convert_voc.py"
+        "../scripts/run.py"
 
 
 rule convert_bdd:
@@ -45,7 +44,7 @@ rule convert_bdd:
     input:
         labels=lambda wc: config["transfer"]["bdd"].get(f"{wc.split}_labels") or f"{BUILTIN}/bdd/labels/det_20/det_{wc.split}.json",
     output:
-        f"{DATA}/bdd/{{split}}.json",
+        json=f"{DATA}/bdd/{{split}}.json",
     params:
         images=lambda wc: config["transfer"]["bdd"].get(f"{wc.split}_images") or f"{BUILTIN}/bdd/images/100k/{wc.split}",
     wildcard_constraints:
@@ -56,4 +55,4 @@ rule convert_bdd:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/convert_bdd.py"
+        "../scripts/run.py"

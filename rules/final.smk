@@ -7,18 +7,21 @@ rule final_arch:
     """The architecture of a final model: front{i} of the stage-two front or a paper model, in BN.
     Its own step, so transfer training starts beside final training, not after it."""
     input:
-        unpack(final_arch_inputs),
+        front=final_front,
     output:
-        "results/final/{name}/arch.txt",
+        arch="results/final/{name}/arch.txt",
     params:
-        final=config["final"],
+        name=lambda wc: wc.name,
+        picks=config["final"]["from_front"],
+        cost=config["stage2"]["cost"],
+        paper_input_size=config["final"].get("paper_input_size"),
     log:
         "results/logs/final/{name}/arch.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/final_arch.py"
+        "../scripts/run.py"
 
 
 rule final_train:
@@ -26,7 +29,7 @@ rule final_train:
     input:
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
-        arch=rules.final_arch.output[0],
+        arch=rules.final_arch.output.arch,
     output:
         model="results/final/{name}/model.pt",
         status="results/final/{name}/train.json",
@@ -45,20 +48,23 @@ rule final_train:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/run.py"
 
 
 rule final_time:
     """Inference time of a final model (exclusive, as in the search)."""
     input:
+        search_data()["val_json"],  # unnamed: a dependency; the images are timed
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_arch.output[0],
+        arch=rules.final_arch.output.arch,
     output:
-        "results/final/{name}/latency.json",
+        latency="results/final/{name}/latency.json",
     params:
+        data=search_data(),
         options=lambda wc: stage_options("final"),
         runs=config["latency_runs"],
+        num_images=config["latency_images"],
     log:
         "results/logs/final/{name}/time.log",
     threads: 1
@@ -69,7 +75,7 @@ rule final_time:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/time.py"
+        "../scripts/run.py"
 
 
 rule final_evaluate:
@@ -77,13 +83,14 @@ rule final_evaluate:
     input:
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_arch.output[0],
-        latency=rules.final_time.output,
+        arch=rules.final_arch.output.arch,
+        latency=rules.final_time.output.latency,
     output:
-        "results/final/{name}/metrics.json",
+        metrics="results/final/{name}/metrics.json",
     params:
         data=search_data(),
         options=lambda wc: stage_options("final"),
+        metric="coco",
     log:
         "results/logs/final/{name}/evaluate.log",
     threads: 1
@@ -94,7 +101,7 @@ rule final_evaluate:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/run.py"
 
 
 rule final:

@@ -4,8 +4,8 @@
 rule report_plots:
     """Backbone factors vs mAP (all models and the front), and the final/transfer metrics table."""
     input:
-        stage1="results/stage1/front.parquet",
-        stage2="results/stage2/front.parquet",
+        "results/stage1/front.parquet",  # unnamed: dependencies only
+        "results/stage2/front.parquet",
         populations=lambda wc: [f"results/{s}/gen{last_gen(s)}/population.parquet" for s in STAGES],
         final=final_targets,
         voc=lambda wc: transfer_targets("voc"),
@@ -22,4 +22,4 @@ rule report_plots:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/report_plots.py"
+        "../scripts/run.py"

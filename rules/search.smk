@@ -2,7 +2,11 @@
 #   sample (g = 0: random / seeded; g > 0: mutate the front of g-1; stage two: Partial Order
 #   Pruning) -> train -> time -> evaluate -> rank (non-dominated sorting) -> sample g+1 ...
 # Candidates live in results/{stage}/candidates/{hash}/, keyed by the hash of the canonical
-# architecture string, so an architecture evaluated before is found, never trained again.
+# architecture string, so an architecture evaluated before is found, never trained again. The
+# sample step writes each pending candidate's arch.txt there beside its table (no job per
+# candidate); train, time and evaluate declare it as input.
+# Every rule runs scripts/run.py: its named inputs, outputs and params are the keyword arguments
+# of its function in smnas/workflow/jobs.py (smnas.workflow.rules.JOBS).
 
 
 checkpoint sample:
@@ -13,14 +17,20 @@ checkpoint sample:
     output:
         table="results/{stage}/gen{gen}/candidates.parquet",
     params:
-        config=config,
+        stage=lambda wc: wc.stage,
+        generation=lambda wc: int(wc.gen),
+        seed=config["seed"],
+        # only what sampling reads, so an edit elsewhere (training lr, say) does not resample
+        settings=lambda wc: {k: config[wc.stage][k] for k in ("population", "space", "cost")},
+        stage1_cost=config["stage1"]["cost"],
+        candidates_dir=lambda wc: f"results/{wc.stage}/candidates",
     log:
         "results/logs/{stage}/gen{gen}/sample.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/sample.py"
+        "../scripts/run.py"
 
 
 rule train:
@@ -29,10 +39,10 @@ rule train:
         model="results/{stage}/candidates/{hash}/model.pt",
         status="results/{stage}/candidates/{hash}/train.json",
     input:
+        arch="results/{stage}/candidates/{hash}/arch.txt",
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
     params:
-        arch=arch_of,
         data=search_data(),
         options=lambda wc: stage_options(wc.stage),
     log:
@@ -47,20 +57,23 @@ rule train:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/run.py"
 
 
 rule time:
     """Median batch-1 inference time on the target device; never shares the device."""
     input:
+        search_data()["val_json"],  # unnamed: a dependency; the images are timed
+        arch="results/{stage}/candidates/{hash}/arch.txt",
         model=rules.train.output.model,
         status=rules.train.output.status,
     output:
-        "results/{stage}/candidates/{hash}/latency.json",
+        latency="results/{stage}/candidates/{hash}/latency.json",
     params:
-        arch=arch_of,
+        data=search_data(),
         options=lambda wc: stage_options(wc.stage),
         runs=config["latency_runs"],
+        num_images=config["latency_images"],
     log:
         "results/logs/{stage}/candidates/{hash}/time.log",
     benchmark:
@@ -75,21 +88,22 @@ rule time:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/time.py"
+        "../scripts/run.py"
 
 
 rule evaluate:
     """COCO mAP on the validation split, merged with training and timing into the table row."""
     input:
+        arch="results/{stage}/candidates/{hash}/arch.txt",
         model=rules.train.output.model,
         status=rules.train.output.status,
-        latency=rules.time.output,
+        latency=rules.time.output.latency,
     output:
-        "results/{stage}/candidates/{hash}/metrics.json",
+        metrics="results/{stage}/candidates/{hash}/metrics.json",
     params:
-        arch=arch_of,
         data=search_data(),
         options=lambda wc: stage_options(wc.stage),
+        metric="coco",
     log:
         "results/logs/{stage}/candidates/{hash}/evaluate.log",
     benchmark:
@@ -102,7 +116,7 @@ rule evaluate:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/run.py"
 
 
 rule rank:
@@ -112,7 +126,7 @@ rule rank:
         metrics=generation_metrics,
         previous=previous_population,
     output:
-        "results/{stage}/gen{gen}/population.parquet",
+        population="results/{stage}/gen{gen}/population.parquet",
     params:
         cost=lambda wc: config[wc.stage]["cost"],
     log:
@@ -121,7 +135,7 @@ rule rank:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/rank.py"
+        "../scripts/run.py"
 
 
 checkpoint front:
@@ -134,13 +148,14 @@ checkpoint front:
                     caption="../report/fronts.rst"),
     params:
         cost=lambda wc: config[wc.stage]["cost"],
+        title=lambda wc: f"{wc.stage}: Pareto fronts by generation",
     log:
         "results/logs/{stage}/front.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/front.py"
+        "../scripts/run.py"
 
 
 rule stage1:

@@ -8,7 +8,7 @@ rule transfer_train:
     input:
         train_json=lambda wc: transfer_data(wc.dataset)["train_json"],
         val_json=lambda wc: transfer_data(wc.dataset)["val_json"],
-        arch=rules.final_arch.output[0],
+        arch=rules.final_arch.output.arch,
     output:
         model="results/transfer/{dataset}/{name}/model.pt",
         status="results/transfer/{dataset}/{name}/train.json",
@@ -27,7 +27,7 @@ rule transfer_train:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/train.py"
+        "../scripts/run.py"
 
 
 rule transfer_evaluate:
@@ -35,12 +35,13 @@ rule transfer_evaluate:
     input:
         model=rules.transfer_train.output.model,
         status=rules.transfer_train.output.status,
-        arch=rules.final_arch.output[0],
+        arch=rules.final_arch.output.arch,
     output:
-        "results/transfer/{dataset}/{name}/metrics.json",
+        metrics="results/transfer/{dataset}/{name}/metrics.json",
     params:
         data=lambda wc: transfer_data(wc.dataset),
         options=lambda wc: stage_options("final"),
+        metric=lambda wc: wc.dataset if wc.dataset == "voc" else "coco",
     log:
         "results/logs/transfer/{dataset}/{name}/evaluate.log",
     threads: 1
@@ -51,7 +52,7 @@ rule transfer_evaluate:
     conda:
         "../envs/smnas.yaml"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/run.py"
 
 
 rule transfer_voc:

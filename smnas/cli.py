@@ -5,7 +5,7 @@
     smnas convert bdd det_val.json --images bdd100k/images/100k/val --out bdd_val.json
     smnas evaluate --gt instances_val.json --dets detections.json --json
     smnas describe resnet50+fpn:P2-P5:c256+rpn+2fc+800x600+bn --json
-    smnas space size --config config/space_paper.yaml
+    smnas space size --config config/paper.yaml
     smnas space sample 5 --seed 0
     smnas train SPEC --data data/synthetic/coco --out results/x --epochs 5
 """

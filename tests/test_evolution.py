@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from smnas.errors import SmnasError, SpecError
-from smnas.models.encoding import EncodingBounds, in_bounds, parse_encoding, spec_contains
+from smnas.models.encoding import EncodingBounds, in_bounds, parse_encoding
 from smnas.models.spec import parse_spec
 from smnas.search.evolution import initial_generation, mutator, next_generation, select_parents
-from smnas.search.space import StageOneSpace
-from smnas.search.stage2 import (
-    StageTwoSpace, backbone_gmacs, clip_encoding, family_encoding, pick_structures, seed_spec,
-)
+from smnas.engine.cost import backbone_gmacs
+from smnas.search.pruning import spec_contains
+from smnas.search.seeding import clip_encoding, family_encoding, pick_structures, seed_spec
+from smnas.search.space import StageOneSpace, StageTwoSpace
 from smnas.search.tables import rank_population
 
 SPACE1 = StageOneSpace(fpn_channels=(32, 64))

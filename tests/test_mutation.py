@@ -17,7 +17,8 @@ from smnas.search.mutation import (
     mutate_stage1, remove_block,
 )
 from smnas.search.space import StageOneSpace
-from smnas.search.stage2 import StageTwoSpace, mutate_stage2
+from smnas.search.mutation import mutate_stage2
+from smnas.search.space import StageTwoSpace
 
 ANY_BOUNDS = st.sampled_from([PAPER, LAPTOP, TINY]).flatmap(lambda b: st.tuples(st.just(b), encodings(b)))
 

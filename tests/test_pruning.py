@@ -1,15 +1,96 @@
-"""Partial Order Pruning against its brute-force definition on random populations."""
+"""Partial Order Pruning: the containment partial order, and the pruner against its brute-force
+definition on random populations."""
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_encoding import TINY, encodings
 
-from smnas.models.encoding import spec_contains
+from smnas.models.encoding import Encoding, parse_encoding
 from smnas.models.spec import parse_spec
-from smnas.search.pruning import PartialOrderPruner
+from smnas.search.pruning import PartialOrderPruner, contains, spec_contains
+
+
+def contains_by_definition(a: Encoding, b: Encoding) -> bool:
+    """The docstring's definition, by trying every order-preserving injection per stage."""
+    if a.block != b.block or len(a.stages) != len(b.stages) or a.base_channels < b.base_channels:
+        return False
+    for wa, wb in zip(a.stage_channels(), b.stage_channels()):
+        if len(wa) < len(wb) or wa[-1] < wb[-1]:
+            return False
+        if not any(all(wa[p] >= w for p, w in zip(pos, wb)) for pos in itertools.combinations(range(len(wa)), len(wb))):
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(encodings(TINY, blocks=("basicblock",)), encodings(TINY, blocks=("basicblock",)))
+def test_contains_matches_its_definition(a, b):
+    assert contains(a, b) == contains_by_definition(a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(encodings(TINY, blocks=("basicblock",)), encodings(TINY, blocks=("basicblock",)),
+       encodings(TINY, blocks=("basicblock",)))
+def test_contains_is_a_partial_order(a, b, c):
+    assert contains(a, a)
+    if contains(a, b) and contains(b, a):
+        assert a == b
+    if contains(a, b) and contains(b, c):
+        assert contains(a, c)
+
+
+def test_contains_examples():
+    r18, r34 = parse_encoding("basicblock_64_11-21-21-21"), parse_encoding("basicblock_64_111-2111-211111-211")
+    assert contains(r34, r18) and not contains(r18, r34)
+    assert contains(parse_encoding("basicblock_72_11-21-21-21"), r18)  # wider stem and blocks
+    assert not contains(parse_encoding("basicblock_56_111-2111-211111-211"), r18)  # narrower
+    assert not contains(parse_encoding("bottleneck_64_111-2111-211111-211"), r18)  # other block type
+    # a doubling moved later narrows the blocks before it: the earlier doubling contains the later
+    a, b = parse_encoding("basicblock_64_1-21-21-12"), parse_encoding("basicblock_64_1-21-12-12")
+    assert contains(a, b) and not contains(b, a)
+
+
+def test_spec_contains():
+    small = parse_spec("basicblock_64_1-21-21-12+fpn:P2-P5:c128+rpn+2fc+512x512+gnws")
+    big = parse_spec("basicblock_64_11-21-211-12+fpn:P2-P5:c256+rpn+2fc+512x512+gnws")
+    assert spec_contains(big, small) and not spec_contains(small, big) and spec_contains(small, small)
+    for other in ("basicblock_64_11-21-211-12+fpn:P1-P5:c256+rpn+2fc+512x512+gnws",
+                  "basicblock_64_11-21-211-12+fpn:P2-P5:c256+garpn+2fc+512x512+gnws",
+                  "basicblock_64_11-21-211-12+fpn:P2-P5:c256+rpn+cascade3+512x512+gnws",
+                  "basicblock_64_11-21-211-12+fpn:P2-P5:c256+rpn+2fc+800x600+gnws",
+                  "basicblock_64_11-21-211-12+fpn:P2-P5:c256+rpn+2fc+512x512+bn",
+                  "basicblock_64_11-21-211-12+fpn:P2-P5:c64+rpn+2fc+512x512+gnws"):
+        assert not spec_contains(parse_spec(other), small), other
+    named = parse_spec("resnet18+fpn:P2-P5:c128+rpn+2fc+512x512+gnws")
+    assert spec_contains(named, named) and not spec_contains(named, small)
+    assert not spec_contains(parse_spec("resnet34+fpn:P2-P5:c128+rpn+2fc+512x512+gnws"), named)
+
+
+@settings(max_examples=8, deadline=None)
+@given(encodings(TINY), st.data())
+def test_containment_implies_no_fewer_macs(a, data):
+    """The prior's cost half holds for our builder: a containing network costs at least as much."""
+    from smnas.engine.cost import backbone_gmacs
+
+    # b: a with blocks deleted (at least one kept per stage) and maybe a narrower stem
+    stages = []
+    for stage in a.stages:
+        keep = data.draw(st.lists(st.booleans(), min_size=len(stage), max_size=len(stage)))
+        kept = "".join(ch for ch, k in zip(stage, keep) if k)
+        stages.append(kept or stage[-1])
+    base = data.draw(st.sampled_from([c for c in TINY.base_channels if c <= a.base_channels]))
+    b = Encoding(a.block, base, tuple(stages))
+    assert contains(a, b)
+    size = "+fpn:P2-P5:c16+rpn+2fc+128x96+gnws"
+    assert backbone_gmacs(parse_spec(str(a) + size)) >= backbone_gmacs(parse_spec(str(b) + size))
+
 
 TAILS = ["+fpn:P2-P5:c{}+rpn+2fc+128x96+gnws", "+fpn:P2-P5:c{}+rpn+2fc+160x120+gnws", "+none+rpn+2fc+128x96+gnws"]
 
@@ -81,3 +162,24 @@ def test_bad_inputs():
         PartialOrderPruner([a], [1.0, 2.0], [0.1])
     with pytest.raises(ValueError, match=re.escape(f"evaluated model {a!r}: accuracy nan is not finite")):
         PartialOrderPruner([a], [1.0], [np.nan])
+
+
+@pytest.mark.parametrize("cost, acc, message", [
+    (np.nan, 0.3, "cost nan"), (np.inf, 0.3, "cost inf"), (1.0, np.inf, "accuracy inf"), (1.0, -np.inf, "accuracy -inf"),
+])
+def test_non_finite_evaluated_model_is_named(cost, acc, message):
+    good = "basicblock_16_1-2-2-2+none+rpn+2fc+128x96+gnws"
+    bad = "basicblock_16_11-2-2-2+none+rpn+2fc+128x96+gnws"
+    with pytest.raises(ValueError, match=re.escape(f"evaluated model {bad!r}: {message} is not finite")):
+        PartialOrderPruner([good, bad], [1.0, cost], [0.2, acc])
+
+
+@pytest.mark.parametrize("cost", [np.nan, np.inf, -np.inf])
+def test_candidate_with_non_finite_cost_is_an_error_naming_it(cost):
+    big = "basicblock_16_11-21-21-21+fpn:P2-P5:c32+rpn+2fc+128x96+gnws"
+    cheap = "basicblock_16_1-2-2-2+fpn:P2-P5:c16+rpn+2fc+128x96+gnws"
+    pruner = PartialOrderPruner([big, cheap], [2.0, 0.5], [0.30, 0.31])
+    small = parse_spec("basicblock_16_1-21-21-21+fpn:P2-P5:c32+rpn+2fc+128x96+gnws")
+    assert pruner.check(small, 1.0) is not None  # with a finite cost this candidate is pruned
+    with pytest.raises(ValueError, match=re.escape(f"candidate {small}: cost {cost} is not finite")):
+        pruner.check(small, cost)

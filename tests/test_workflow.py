@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_whole_workflow_tables(full_run):
         for _, f in front.iterrows():
             better = ok[(ok["map"] >= f["map"]) & (ok[cost] <= f[cost]) & ((ok["map"] > f["map"]) | (ok[cost] < f[cost]))]
             assert better.empty, (f["arch"], better["arch"].tolist())
-        assert (res / stage / "fronts.png").stat().st_size > 1000
+        _check_tables_agree(res / stage, gens, cost)
     stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
     assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
     stage2 = pd.read_parquet(res / "stage2" / "gen1" / "population.parquet")
@@ -69,6 +70,48 @@ def test_whole_workflow_tables(full_run):
         assert len(trained["spans"]) == trained["epochs"]
         timed, evaluated = (json.loads((cand / f).read_text())["spans"] for f in ("latency.json", "metrics.json"))
         assert trained["spans"][-1][1] <= timed[0][0] < timed[0][1] <= evaluated[0][0] < evaluated[0][1]
+
+
+def _check_tables_agree(stage_dir: Path, gens: int, cost: str) -> None:
+    """The generation tables, the candidate folders and the front tell one story."""
+    pops = [pd.read_parquet(stage_dir / f"gen{g}" / "population.parquet") for g in range(gens)]
+    for g in range(gens):
+        table = pd.read_parquet(stage_dir / f"gen{g}" / "candidates.parquet")
+        pending = table[table["status"] == "pending"]
+        # every candidate trained is in the population, with the metrics its folder holds
+        pop = pops[g].set_index("arch")
+        for arch, hash_ in zip(pending["arch"], pending["hash"]):
+            folder = stage_dir / "candidates" / hash_
+            assert (folder / "arch.txt").read_text().strip() == arch
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert metrics["arch"] == arch and pop.loc[arch, "status"] == metrics["status"]
+            if metrics["status"] == "ok":
+                assert pop.loc[arch, "map"] == pytest.approx(metrics["map"])
+        # the population of g holds exactly everything sampled up to g
+        sampled = set().union(*(set(pd.read_parquet(stage_dir / f"gen{h}" / "candidates.parquet")["arch"]) for h in range(g + 1)))
+        assert set(pops[g]["arch"]) == sampled
+        # front 0 of g is non-dominated among g's evaluated models, and every other ok row is dominated
+        ok = pops[g][pops[g]["status"] == "ok"]
+        for _, row in ok.iterrows():
+            dominated = ((ok["map"] >= row["map"]) & (ok[cost] <= row[cost])
+                         & ((ok["map"] > row["map"]) | (ok[cost] < row[cost]))).any()
+            assert dominated == (row["front_rank"] > 0), row["arch"]
+        if g > 0:  # g's parents sit on g-1's front (later fronts fill in only while it has < n members)
+            prev = pops[g - 1].set_index("arch")
+            n = len(pending)
+            counts = prev.loc[prev["front_rank"] >= 0, "front_rank"].value_counts().sort_index().cumsum()
+            deepest = int(counts.index[(counts >= n).argmax()]) if (counts >= n).any() else int(counts.index[-1])
+            ranks = prev.loc[list(set(table["parent"])), "front_rank"]
+            assert ((ranks >= 0) & (ranks <= deepest)).all(), ranks
+        # a pruned row names models evaluated before it
+        for reason in table.loc[table["status"] == "pruned", "reason"]:
+            m = re.match(r"partial order pruning: contained in (\S+) .*; (\S+) has acc", reason)
+            assert m and g > 0, reason
+            evaluated = set(pops[g - 1].loc[pops[g - 1]["status"] == "ok", "arch"])
+            assert {m[1], m[2]} <= evaluated, reason
+    front = pd.read_parquet(stage_dir / "front.parquet")
+    assert set(front["arch"]) == set(pops[-1].loc[pops[-1]["front_rank"] == 0, "arch"])
+    assert (stage_dir / "fronts.png").stat().st_size > 1000
 
 
 def _structure(arch: str) -> tuple[str, ...]:
@@ -95,6 +138,12 @@ def test_report_html(full_run):
     run(full_run, "--report", "results/report.html")
     html = (full_run / "results" / "report.html").read_text(errors="ignore")
     assert "fronts.png" in html and "final_metrics.csv" in html
+    # the report embeds each stage's front plot and the final metrics table byte for byte
+    import base64
+
+    for path in ("stage1/fronts.png", "stage2/fronts.png", "analysis/final_metrics.csv"):
+        data = base64.b64encode((full_run / "results" / path).read_bytes()).decode()
+        assert data[:2000] in html, path
 
 
 def _front(workdir: Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The functions behind the workflow's scripts, without Snakemake."""
+"""The functions behind the workflow's rules, without Snakemake."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +13,9 @@ from smnas.errors import SmnasError
 from smnas.models.paper import PAPER_MODELS
 from smnas.models.spec import spec_hash
 from smnas.report import backbone_factors, factor_correlations
-from smnas.workflow import candidates_table, check_config, final_arch, lookup_arch, rank_generation
+from smnas.workflow.config import ConfigError, check_config
+from smnas.workflow.finals import final_arch, front_picks
+from smnas.workflow.generations import candidates_table, rank_generation, write_arch_files
 
 from conftest import FIXTURES
 
@@ -33,7 +35,8 @@ def _metrics(tmp_path, arch, map_, cost):
 def test_rank_generation_merges_previous_new_and_pruned(tmp_path):
     gen0 = candidates_table([{"arch": A, "stage": "stage2", "generation": 0, "parent": "", "status": "pending", "reason": ""}])
     gen0.to_parquet(tmp_path / "c0.parquet")
-    pop0 = rank_generation(tmp_path / "c0.parquet", [_metrics(tmp_path, A, 0.3, 1.0)], [], "backbone_gmacs", tmp_path / "p0.parquet")
+    pop0 = rank_generation(tmp_path / "c0.parquet", [_metrics(tmp_path, A, 0.3, 1.0)], [], "backbone_gmacs")
+    pop0.to_parquet(tmp_path / "p0.parquet")
     assert pop0["front_rank"].tolist() == [0]
     gen1 = candidates_table([
         {"arch": B, "stage": "stage2", "generation": 1, "parent": A, "status": "pending", "reason": "", "cost": 2.0},
@@ -41,38 +44,67 @@ def test_rank_generation_merges_previous_new_and_pruned(tmp_path):
     ])
     gen1.to_parquet(tmp_path / "c1.parquet")
     pop1 = rank_generation(tmp_path / "c1.parquet", [_metrics(tmp_path, B, 0.2, 2.0)], [tmp_path / "p0.parquet"],
-                           "backbone_gmacs", tmp_path / "p1.parquet")
+                           "backbone_gmacs")
     by_arch = pop1.set_index("arch")
     assert by_arch.loc[A, "front_rank"] == 0 and by_arch.loc[B, "front_rank"] == 1  # B is dominated by A
     assert by_arch.loc[C, "status"] == "pruned" and by_arch.loc[C, "front_rank"] == -1
     assert by_arch.loc[B, "parent"] == A and by_arch.loc[B, "generation"] == 1
-    assert pd.read_parquet(tmp_path / "p1.parquet").equals(pop1)
 
 
-def test_lookup_arch(tmp_path):
-    candidates_table([{"arch": A, "stage": "s", "generation": 0, "parent": "", "status": "pending", "reason": ""}]).to_parquet(tmp_path / "t.parquet")
-    assert lookup_arch([tmp_path / "t.parquet"], spec_hash(A)) == A
-    with pytest.raises(SmnasError, match="none of the candidates tables"):
-        lookup_arch([tmp_path / "t.parquet"], "0" * 12)
-    # a later generation's table: a miss lists and reads the tables again (a hit does not)
-    listed = []
-
-    def tables():
-        listed.append(1)
-        return sorted(tmp_path.glob("*.parquet"))
-
-    assert lookup_arch(tables, spec_hash(A)) == A and not listed
-    candidates_table([{"arch": B, "stage": "s", "generation": 1, "parent": A, "status": "pending", "reason": ""}]).to_parquet(tmp_path / "u.parquet")
-    assert lookup_arch(tables, spec_hash(B)) == B and len(listed) == 1
+def test_write_arch_files_writes_pending_once(tmp_path):
+    table = candidates_table([
+        {"arch": A, "stage": "s", "generation": 0, "parent": "", "status": "pending", "reason": ""},
+        {"arch": C, "stage": "s", "generation": 0, "parent": "", "status": "pruned", "reason": "pop"},
+    ])
+    paths = write_arch_files(table, tmp_path)
+    assert paths == [tmp_path / spec_hash(A) / "arch.txt"] and paths[0].read_text() == A + "\n"
+    assert not (tmp_path / spec_hash(C)).exists()  # pruned: never trained
+    # a later generation that meets A again leaves its file (and so its mtime) alone
+    before = paths[0].stat().st_mtime_ns
+    write_arch_files(table, tmp_path)
+    assert paths[0].stat().st_mtime_ns == before
 
 
-def test_final_arch_switches_to_bn_and_overrides_paper_size(tmp_path):
-    pd.DataFrame({"arch": [A, B], "map": [0.1, 0.4]}).to_parquet(tmp_path / "front.parquet")
-    assert str(final_arch("front0", tmp_path / "front.parquet", {})) == B.replace("+gnws", "+bn")
-    with pytest.raises(SmnasError, match="only 2 models"):
-        final_arch("front5", tmp_path / "front.parquet", {})
-    e0 = final_arch("E0", None, {"paper_input_size": [160, 120]})
+FRONT = pd.DataFrame({
+    "arch": [f"basicblock_16_{'1' * n}-21-21-12+fpn:P2-P4:c16+rpn+2fc:32+64x48+gnws" for n in range(1, 6)],
+    "map": [0.1, 0.2, 0.3, 0.4, 0.5], "backbone_gmacs": [1.0, 2.0, 3.0, 4.0, 5.0],
+})
+
+
+def test_front_picks_span_the_front_by_cost():
+    archs = FRONT["arch"].tolist()
+    assert front_picks(FRONT, 1, "backbone_gmacs") == [archs[4]]  # the most accurate
+    assert front_picks(FRONT, 2, "backbone_gmacs") == [archs[4], archs[0]]  # ... and the cheapest
+    assert front_picks(FRONT, 3, "backbone_gmacs") == [archs[4], archs[2], archs[0]]
+    assert front_picks(FRONT.iloc[::-1], 5, "backbone_gmacs") == archs[::-1]  # row order does not matter
+    with pytest.raises(SmnasError, match="6 picks asked from a front of 5"):
+        front_picks(FRONT, 6, "backbone_gmacs")
+
+
+def test_final_arch_switches_to_bn_and_overrides_paper_size():
+    assert str(final_arch("front0", FRONT, 2, "backbone_gmacs")) == FRONT["arch"][4].replace("+gnws", "+bn")
+    assert str(final_arch("front1", FRONT, 2, "backbone_gmacs")) == FRONT["arch"][0].replace("+gnws", "+bn")
+    with pytest.raises(SmnasError, match="front2: needs the stage-two front and i < final.from_front"):
+        final_arch("front2", FRONT, 2, "backbone_gmacs")
+    e0 = final_arch("E0", None, 1, "backbone_gmacs", (160, 120))
     assert str(e0) == PAPER_MODELS["E0"].replace("512x512", "160x120")
+
+
+def test_config_errors_are_one_line_naming_key_place_and_choices():
+    cfg = copy.deepcopy(TINY)
+    cfg["stage1"]["populaton"] = 3
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == ("config stage1: unknown key 'populaton'; "
+                              "allowed: cost, generations, population, space, train")
+    cfg = copy.deepcopy(TINY)
+    cfg["stage1"]["generations"] = 0
+    with pytest.raises(ConfigError, match=r"^config stage1.generations: 0 is not valid: 0 is less than the minimum of 1$"):
+        check_config(cfg)
+    cfg = copy.deepcopy(TINY)
+    del cfg["seed"]
+    with pytest.raises(ConfigError, match=r"^config \(top level\): 'seed' is a required property$"):
+        check_config(cfg)
 
 
 def test_check_config_names_missing_paths_and_models():

@@ -53,8 +53,8 @@ DEFAULT_IDLE = 60.0
 START_TIMEOUT = 300.0
 # What every child finds imported. Jobs may import anything else themselves (it costs them).
 PRELOAD = ("torch", "torchvision", "torchvision.models.detection", "pandas", "pyarrow.parquet",
-           "pycocotools.cocoeval", "smnas.workflow", "smnas.engine.candidate", "smnas.search.evolution",
-           "smnas.search.stage2", "smnas.report", "smnas.data.synthetic")
+           "pycocotools.cocoeval", "smnas.workflow.jobs", "smnas.workflow.generations", "smnas.engine.candidate",
+           "smnas.search.evolution", "smnas.engine.cost", "smnas.report", "smnas.data.synthetic")
 # Environment variables read when those packages are imported; the rest is read later, in the child.
 IMPORT_ENV = re.compile(r"^(CUDA_|NVIDIA_|HIP_|ROCR?_|LD_|PYTHON|TORCH|PYTORCH_|KMP_|MKL_|OMP_|GOMP_|DNNL_|ONEDNN_|"
                         r"MPLBACKEND|MATPLOTLIB|ARROW_)")
@@ -181,7 +181,7 @@ def _receive(sock: socket.socket, kind: bytes) -> int | None:
 def execute(request: dict[str, Any]) -> int:
     """Run a job's call in this process; its exit status (0, or 1 with the traceback logged)."""
     if request.get("log"):
-        from smnas.workflow import setup_logging
+        from smnas.logs import setup_logging
 
         setup_logging(request["log"])
     try:

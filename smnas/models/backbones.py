@@ -25,9 +25,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 from torchvision.ops.misc import Conv2dNormActivation
 
 from smnas.errors import SpecError
-from smnas.models.encoding import (  # noqa: F401  (re-exported: the named backbones' encodings)
-    BACKBONES, RESNET_ENCODINGS, Encoding, backbone_encoding, parse_encoding, scaled_channels,
-)
+from smnas.models.encoding import Encoding, parse_encoding
+from smnas.models.registry import BACKBONES, NAMED_BACKBONES, named_encoding
 from smnas.models.norm import NormKind, norm_layer, to_gnws
 
 
@@ -156,6 +155,15 @@ class InvertedResidualBackbone(nn.Module):
         return out
 
 
+# The builder of each block family (smnas.models.registry lists the families' named backbones).
+_BUILDERS = {
+    "basicblock": ResNetBackbone,
+    "bottleneck": ResNetBackbone,
+    "Xbottleneck": ResNetBackbone,
+    "invres": lambda enc, norm: InvertedResidualBackbone(encoding=enc, norm=norm),
+}
+
+
 def build_backbone(name: str, width: float = 1.0, norm: NormKind = "bn", weights: str | Path | None = None) -> nn.Module:
     """Build a backbone from a name in BACKBONES or an encoding string.
 
@@ -168,15 +176,15 @@ def build_backbone(name: str, width: float = 1.0, norm: NormKind = "bn", weights
     Returns:
         A module with ``levels`` (list[Level]) whose forward maps (B, 3, H, W) to P1..P4.
     """
-    if name in RESNET_ENCODINGS:
-        model: nn.Module = ResNetBackbone(backbone_encoding(name, width), norm)
-    elif name == "mobilenetv2":
-        model = InvertedResidualBackbone(width=width, norm=norm)
+    if name == "mobilenetv2":  # torchvision's own widths (the registry's layout only seeds stage two)
+        model: nn.Module = InvertedResidualBackbone(width=width, norm=norm)
+    elif name in NAMED_BACKBONES:
+        model = _BUILDERS[NAMED_BACKBONES[name].block](named_encoding(name, width), norm)
     elif "_" in name:
         enc = parse_encoding(name)
         if width != 1.0:
             raise SpecError(f"{name}: an encoding sets its own channels; a width multiplier applies to named backbones only")
-        model = InvertedResidualBackbone(encoding=enc, norm=norm) if enc.block == "invres" else ResNetBackbone(enc, norm)
+        model = _BUILDERS[enc.block](enc, norm)
     else:
         raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} or an encoding like basicblock_64_1-21-21-12")
     if weights is not None:

@@ -8,7 +8,7 @@ Fields, separated by ``_``:
 3. one character per block, ``-`` between stages of different resolution: ``1`` keeps the channel
    count, ``2`` doubles it at that block.
 
-Reading (SPEC.md): a fixed ResNet stem (7x7 conv stride 2, 3x3 max-pool stride 2); the first
+Reading (the SM-NAS paper, Yao et al., AAAI 2020, Sec. 3.2): a fixed ResNet stem (7x7 conv stride 2, 3x3 max-pool stride 2); the first
 stage after the stem runs at stride 4; the first block of every later stage has stride 2;
 bottleneck blocks output 4x their width. So ResNet-18 is ``basicblock_64_11-21-21-21`` and
 ResNet-50 is ``bottleneck_64_111-2111-211111-211``.
@@ -18,12 +18,8 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from smnas.errors import SpecError
-
-if TYPE_CHECKING:  # spec.py imports this module; the spec type is only needed for hints
-    from smnas.models.spec import DetectorSpec
 
 BLOCK_TYPES = ("basicblock", "bottleneck", "Xbottleneck", "invres")
 # Paper stage-two base channels; configurations may allow other lists (see Encoding.check).
@@ -194,66 +190,3 @@ def in_bounds(enc: Encoding, bounds: EncodingBounds) -> bool:
     except SpecError:
         return False
     return True
-
-
-def contains(a: Encoding, b: Encoding) -> bool:
-    """True if ``b`` is a sub-network of ``a``: ``a`` is deeper and/or wider, otherwise equal.
-
-    Definition: same block type, same number of stages, ``a.base_channels >= b.base_channels``
-    (the stem), and for every stage s there is an order-preserving injection phi from b's blocks
-    of stage s into a's blocks of stage s with ``width_a(phi(j)) >= width_b(j)`` for every block j
-    and ``width_a(last of s) >= width_b(last of s)`` (the stage's output, which the neck reads).
-    Widths are :meth:`Encoding.stage_channels` (block widths; bottlenecks expand both by 4).
-
-    So ``b`` is ``a`` with some blocks removed (a residual block can be the identity) and some
-    channels dropped. Widths never fall along a network, so the best injection maps b's blocks
-    onto the *last* ``len(b_s)`` blocks of a's stage s; that alignment is what is tested here
-    (``tests/test_encoding.py`` checks it against every injection).
-    """
-    if a.block != b.block or len(a.stages) != len(b.stages) or a.base_channels < b.base_channels:
-        return False
-    for wa, wb in zip(a.stage_channels(), b.stage_channels()):
-        if len(wa) < len(wb):
-            return False
-        if any(x < y for x, y in zip(wa[len(wa) - len(wb):], wb)):
-            return False
-    return True
-
-
-def spec_contains(a: "DetectorSpec", b: "DetectorSpec") -> bool:
-    """True if detector ``a`` contains ``b``: the same structure, a deeper/wider backbone, wider FPN.
-
-    Same neck kind and levels, RPN, head (kind, stages, FC width), input size and norm; backbone
-    encodings with :func:`contains` (named backbones must be equal); ``a``'s FPN channels >= ``b``'s.
-    """
-    na, nb = a.neck, b.neck
-    if (na.kind, na.first, na.last) != (nb.kind, nb.first, nb.last) or na.channels < nb.channels:
-        return False
-    if (a.rpn, a.head, a.input_size, a.norm) != (b.rpn, b.head, b.input_size, b.norm):
-        return False
-    if a.backbone.is_encoding and b.backbone.is_encoding:
-        return contains(parse_encoding(a.backbone.name), parse_encoding(b.backbone.name))
-    return a.backbone == b.backbone
-
-
-# Named stage-one backbones as encodings (base channels scaled by the width multiplier).
-RESNET_ENCODINGS: dict[str, str] = {
-    "resnet18": "basicblock_64_11-21-21-21",
-    "resnet34": "basicblock_64_111-2111-211111-211",
-    "resnet50": "bottleneck_64_111-2111-211111-211",
-    "resnet101": "bottleneck_64_111-2111-2" + "1" * 22 + "-211",
-    "resnext50": "Xbottleneck_64_111-2111-211111-211",
-    "resnext101": "Xbottleneck_64_111-2111-2" + "1" * 22 + "-211",
-}
-BACKBONES = (*RESNET_ENCODINGS, "mobilenetv2")
-
-
-def scaled_channels(channels: int, width: float) -> int:
-    """``channels * width`` rounded to a multiple of 8 (at least 8), so GroupNorm divides it."""
-    return max(8, int(round(channels * width / 8.0)) * 8)
-
-
-def backbone_encoding(name: str, width: float = 1.0) -> Encoding:
-    """The encoding of a named ResNet-family backbone at a width multiplier."""
-    enc = parse_encoding(RESNET_ENCODINGS[name])
-    return Encoding(enc.block, scaled_channels(enc.base_channels, width), enc.stages)

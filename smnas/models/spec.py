@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, replace
 
 from smnas.errors import SpecError
-from smnas.models.encoding import BACKBONES, is_encoding, parse_encoding
+from smnas.models.encoding import is_encoding, parse_encoding
+from smnas.models.registry import BACKBONES
 
 NECKS = ("none", "fpn")
 RPNS = ("none", "rpn", "garpn")
@@ -49,17 +50,6 @@ class BackboneSpec:
     @property
     def is_encoding(self) -> bool:
         return is_encoding(self.name)
-
-    @property
-    def family(self) -> str:
-        """The block family, shared by a named backbone and the encodings that replace it."""
-        if self.is_encoding:
-            return parse_encoding(self.name).block
-        if self.name.startswith("resnext"):
-            return "Xbottleneck"
-        if self.name == "mobilenetv2":
-            return "invres"
-        return "basicblock" if self.name in ("resnet18", "resnet34") else "bottleneck"
 
 
 @dataclass(frozen=True)

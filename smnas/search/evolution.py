@@ -22,10 +22,10 @@ import pandas as pd
 
 from smnas.errors import SmnasError, SpecError
 from smnas.models.spec import DetectorSpec, parse_spec
-from smnas.search.mutation import mutate_stage1
+from smnas.search.mutation import mutate_stage1, mutate_stage2
 from smnas.search.pruning import PartialOrderPruner
-from smnas.search.space import StageOneSpace
-from smnas.search.stage2 import StageTwoSpace, mutate_stage2, pick_structures, seed_spec
+from smnas.search.seeding import pick_structures, seed_spec
+from smnas.search.space import StageOneSpace, StageTwoSpace
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from dataclasses import replace
 from typing import Callable
 
 from smnas.errors import SpecError
-from smnas.models.encoding import Encoding, EncodingBounds, in_bounds
+from smnas.models.encoding import Encoding, EncodingBounds, in_bounds, parse_encoding
 from smnas.models.spec import BackboneSpec, DetectorSpec, RPNSpec
-from smnas.search.space import StageOneSpace
+from smnas.search.space import StageOneSpace, StageTwoSpace
 
 EncodingOp = Callable[[Encoding, EncodingBounds, random.Random], "Encoding | None"]
 
@@ -177,3 +177,28 @@ def _valid(spec: DetectorSpec) -> bool:
     except SpecError:
         return False
     return True
+
+
+def mutate_stage2(spec: DetectorSpec, space2: StageTwoSpace, rng: random.Random) -> DetectorSpec:
+    """One edit of a stage-two spec: an encoding operator or another FPN channel count.
+
+    The operator is drawn uniformly among those that apply (FPN channels only with an FPN).
+
+    Raises:
+        SpecError: ``spec``'s backbone is not an encoding, or no operator applies.
+    """
+    if not spec.backbone.is_encoding:
+        raise SpecError(f"{spec}: a stage-two spec needs an encoding as backbone (see seed_spec)")
+    enc = parse_encoding(spec.backbone.name)
+    names = sorted([*ENCODING_OPS, "fpn_channels"])
+    rng.shuffle(names)
+    for name in names:
+        if name == "fpn_channels":
+            out = change_fpn_channels(spec, space2.fpn_channels, rng)
+            if out is not None:
+                return out
+            continue
+        new = ENCODING_OPS[name](enc, space2.bounds, rng)
+        if new is not None:
+            return replace(spec, backbone=BackboneSpec(str(new)))
+    raise SpecError(f"{spec}: no stage-two mutation applies inside the bounds")

@@ -1,7 +1,7 @@
 """Partial Order Pruning (Li et al., CVPR 2019): skip candidates that cannot reach the front.
 
 The prior: a model that contains another (deeper and/or wider, otherwise equal;
-:func:`smnas.models.encoding.spec_contains`) is at least as accurate. So an untrained candidate
+:func:`spec_contains`) is at least as accurate. So an untrained candidate
 c is pruned when
 
     there is an evaluated a with spec_contains(a, c)          (acc(c) <= acc(a) by the prior)
@@ -21,8 +21,48 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from smnas.models.encoding import parse_encoding
+from smnas.models.encoding import Encoding, parse_encoding
 from smnas.models.spec import DetectorSpec, parse_spec
+
+
+def contains(a: Encoding, b: Encoding) -> bool:
+    """True if ``b`` is a sub-network of ``a``: ``a`` is deeper and/or wider, otherwise equal.
+
+    Definition: same block type, same number of stages, ``a.base_channels >= b.base_channels``
+    (the stem), and for every stage s there is an order-preserving injection phi from b's blocks
+    of stage s into a's blocks of stage s with ``width_a(phi(j)) >= width_b(j)`` for every block j
+    and ``width_a(last of s) >= width_b(last of s)`` (the stage's output, which the neck reads).
+    Widths are :meth:`Encoding.stage_channels` (block widths; bottlenecks expand both by 4).
+
+    So ``b`` is ``a`` with some blocks removed (a residual block can be the identity) and some
+    channels dropped. Widths never fall along a network, so the best injection maps b's blocks
+    onto the *last* ``len(b_s)`` blocks of a's stage s; that alignment is what is tested here
+    (``tests/test_encoding.py`` checks it against every injection).
+    """
+    if a.block != b.block or len(a.stages) != len(b.stages) or a.base_channels < b.base_channels:
+        return False
+    for wa, wb in zip(a.stage_channels(), b.stage_channels()):
+        if len(wa) < len(wb):
+            return False
+        if any(x < y for x, y in zip(wa[len(wa) - len(wb):], wb)):
+            return False
+    return True
+
+
+def spec_contains(a: DetectorSpec, b: DetectorSpec) -> bool:
+    """True if detector ``a`` contains ``b``: the same structure, a deeper/wider backbone, wider FPN.
+
+    Same neck kind and levels, RPN, head (kind, stages, FC width), input size and norm; backbone
+    encodings with :func:`contains` (named backbones must be equal); ``a``'s FPN channels >= ``b``'s.
+    """
+    na, nb = a.neck, b.neck
+    if (na.kind, na.first, na.last) != (nb.kind, nb.first, nb.last) or na.channels < nb.channels:
+        return False
+    if (a.rpn, a.head, a.input_size, a.norm) != (b.rpn, b.head, b.input_size, b.norm):
+        return False
+    if a.backbone.is_encoding and b.backbone.is_encoding:
+        return contains(parse_encoding(a.backbone.name), parse_encoding(b.backbone.name))
+    return a.backbone == b.backbone
 
 
 @dataclass(frozen=True)
@@ -153,7 +193,12 @@ class PartialOrderPruner:
         Returns:
             None if it must be trained; else a PruneRecord naming the container a (the least
             accurate evaluated model containing it that is beaten) and the dominator b.
+
+        Raises:
+            ValueError: ``cost`` is NaN or infinite (a NaN would bisect to an arbitrary verdict).
         """
+        if not np.isfinite(cost):
+            raise ValueError(f"candidate {spec}: cost {cost} is not finite")
         b = self.best_within(cost)
         group = self._groups.get(_structure_key(spec))
         if b is None or group is None:

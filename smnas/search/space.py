@@ -1,4 +1,5 @@
-"""The stage-one structural search space: which modules, which input size.
+"""The search spaces: stage one's structures (which modules, which input size) and stage two's
+choices inside a structure (backbone encoding bounds, FPN channels).
 
 A space is a set of choices per module; its members are the *valid* combinations
 (:meth:`DetectorSpec.validate`: a RetinaNet head takes no RPN, a two-stage head needs one, an FPN
@@ -6,20 +7,22 @@ range must start inside the backbone). The space enumerates, counts and samples 
 
     space = load_space("config/paper.yaml")   # the paper's: 9,324 structures
     space.size(); space.sample(8, seed=0)
+    space2 = StageTwoSpace.paper()          # base 48..72, 4..40 blocks, FPN 128/256/512
 """
 from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 from smnas.errors import SmnasError, SpecError
+from smnas.models.encoding import EncodingBounds
 from smnas.models.spec import (
-    BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
+    NORMS, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
 )
 
 
@@ -116,3 +119,55 @@ def load_space(path: str | Path | None = None) -> StageOneSpace:
     if block is None:
         raise SmnasError(f"{path}: no stage1.space block")
     return space_from_dict(block, str(path))
+
+
+@dataclass(frozen=True)
+class StageTwoSpace:
+    """Choices of stage two. Defaults: the laptop space; :meth:`paper` gives the paper's."""
+
+    fpn_channels: tuple[int, ...] = (16, 32, 64)  # paper: 128, 256, 512
+    bounds: EncodingBounds = field(default_factory=EncodingBounds.laptop)
+    norm: str = "gnws"  # stage two trains from scratch (no ImageNet weights for new backbones)
+    structures: int = 6  # stage-one front structures to search inside (the paper's C0..C5)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fpn_channels", tuple(int(c) for c in self.fpn_channels))
+        if not self.fpn_channels or min(self.fpn_channels) < 1:
+            raise SpecError(f"stage two: fpn_channels must be positive integers, got {list(self.fpn_channels)}")
+        if not isinstance(self.structures, int) or self.structures < 1:
+            raise SpecError(f"stage two: structures must be an integer >= 1, got {self.structures!r}")
+        if self.norm not in NORMS:
+            raise SpecError(f"stage two: norm {self.norm!r} is not one of {', '.join(NORMS)}")
+
+    @property
+    def base_channels(self) -> tuple[int, ...]:
+        return self.bounds.base_channels
+
+    @classmethod
+    def paper(cls) -> "StageTwoSpace":
+        return cls(fpn_channels=(128, 256, 512), bounds=EncodingBounds.paper())
+
+    @classmethod
+    def laptop(cls) -> "StageTwoSpace":
+        return cls()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<config>") -> "StageTwoSpace":
+        """From a config's ``stage2.space`` mapping; missing keys take the laptop defaults.
+
+        Keys: ``fpn_channels``, ``norm``, ``structures`` and the fields of EncodingBounds
+        (``base_channels``, ``min_blocks``, ``max_blocks``, ``min_stage_blocks``,
+        ``max_stage_blocks``, ``num_stages``, ``min_doublings``, ``max_doublings``).
+        """
+        own = {"fpn_channels", "norm", "structures"}
+        bound_keys = set(EncodingBounds.__dataclass_fields__)
+        unknown = set(d) - own - bound_keys
+        if unknown:
+            raise SmnasError(f"{source}: stage2.space has unknown key(s) {sorted(unknown)}; valid: {sorted(own | bound_keys)}")
+        laptop = EncodingBounds.laptop()
+        bound_args = {k: d.get(k, getattr(laptop, k)) for k in bound_keys}
+        try:
+            bounds = EncodingBounds(**{k: tuple(v) if isinstance(v, list) else v for k, v in bound_args.items()})
+            return cls(bounds=bounds, **{k: tuple(d[k]) if isinstance(d[k], list) else d[k] for k in own & set(d)})
+        except SpecError as e:
+            raise SmnasError(f"{source}: stage2.space: {e}") from None

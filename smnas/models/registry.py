@@ -1,0 +1,71 @@
+"""Every named backbone, in one place: its block family and its layout as an encoding.
+
+A named stage-one backbone (``resnet50``) and the stage-two encodings that replace it
+(``bottleneck_56_211-...``) share a block family; stage two starts from the named backbone's
+layout (:func:`named_encoding`) and searches its depth and widths. The builder
+(:func:`smnas.models.backbones.build_backbone`) reads this table too, so a new family is added
+here and in its builder only.
+
+Layouts follow the SM-NAS paper's reading of its encodings (Yao et al., AAAI 2020, Sec. 3.2):
+the ResNet stem, stage 2 at stride 4, ``2`` doubles the block width. Read this way,
+``basicblock_64_11-21-21-21`` is exactly torchvision's ResNet-18 trunk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from smnas.errors import SpecError
+from smnas.models.encoding import Encoding, parse_encoding
+
+
+@dataclass(frozen=True)
+class NamedBackbone:
+    """A backbone of the stage-one space.
+
+    Attributes:
+        layout: its blocks as an encoding at width 1.0.
+        exact: True when :func:`build_backbone` builds this very layout for the name; False
+            when the name is built otherwise (torchvision's MobileNetV2, whose widths 24, 32, 64,
+            96, 160, 320 are not all doublings) and ``layout`` only seeds stage two.
+    """
+
+    layout: str
+    exact: bool = True
+
+    @property
+    def block(self) -> str:
+        return parse_encoding(self.layout).block
+
+
+NAMED_BACKBONES: dict[str, NamedBackbone] = {
+    "resnet18": NamedBackbone("basicblock_64_11-21-21-21"),
+    "resnet34": NamedBackbone("basicblock_64_111-2111-211111-211"),
+    "resnet50": NamedBackbone("bottleneck_64_111-2111-211111-211"),
+    "resnet101": NamedBackbone("bottleneck_64_111-2111-2" + "1" * 22 + "-211"),
+    "resnext50": NamedBackbone("Xbottleneck_64_111-2111-211111-211"),  # 32x4d
+    "resnext101": NamedBackbone("Xbottleneck_64_111-2111-2" + "1" * 22 + "-211"),  # 32x4d, as SM-NAS
+    # torchvision's widths 24 | 32 | 64, 96 | 160, 320 as doublings only: 24 | 48 | 96 | 192 (its
+    # first 24-channel block is in the invres stem)
+    "mobilenetv2": NamedBackbone("invres_24_1-211-2111111-2111", exact=False),
+}
+BACKBONES = tuple(NAMED_BACKBONES)
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded to a multiple of 8 (at least 8), so GroupNorm divides it."""
+    return max(8, int(round(channels * width / 8.0)) * 8)
+
+
+def named_encoding(name: str, width: float = 1.0) -> Encoding:
+    """The layout of named backbone ``name`` at a width multiplier (base channels scaled)."""
+    if name not in NAMED_BACKBONES:
+        raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} or an encoding")
+    enc = parse_encoding(NAMED_BACKBONES[name].layout)
+    return replace(enc, base_channels=scaled_channels(enc.base_channels, width))
+
+
+def block_family(name: str) -> str:
+    """The block family of a named backbone or an encoding (``resnext50`` -> ``Xbottleneck``)."""
+    if name in NAMED_BACKBONES:
+        return NAMED_BACKBONES[name].block
+    return parse_encoding(name).block

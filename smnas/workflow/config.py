@@ -1,0 +1,127 @@
+"""The workflow's configuration: checked once, at the edge, then handed on as typed settings.
+
+``check_config`` runs before any job (``rules/common.smk``): the JSON schema
+(``config/schema.yaml``), then what a schema cannot say (spaces that parse, paths that exist).
+A bad config stops with one line that names the key, where it is and what is allowed.
+The job functions (:mod:`smnas.workflow.jobs`) turn their params into the typed objects the
+search and the engine take (:func:`search_space`, :func:`train_config`, :func:`detector_options`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from smnas.errors import SmnasError
+from smnas.models.spec import parse_spec
+
+if TYPE_CHECKING:
+    from smnas.engine.train import TrainConfig
+    from smnas.models.build import DetectorOptions
+    from smnas.search.space import StageOneSpace, StageTwoSpace
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+class ConfigError(SmnasError):
+    """The configuration breaks the schema or names something that is not there."""
+
+
+def _where(path: Any) -> str:
+    return "config " + (".".join(str(p) for p in path) if path else "(top level)")
+
+
+def validate_schema(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
+    """Check ``config`` against the JSON schema; raise ConfigError with the one error that matters.
+
+    Example: ``config stage1: unknown key 'populaton'; allowed: cost, generations, population, space, train``.
+    """
+    import jsonschema
+    from jsonschema.exceptions import best_match
+
+    with open(schema) as f:
+        spec = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(spec)
+    error = best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    where = _where(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        raise ConfigError(f"{where}: unknown key {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    if error.validator == "required":
+        raise ConfigError(f"{where}: {error.message}")
+    raise ConfigError(f"{where}: {error.instance!r} is not valid: {error.message}")
+
+
+def check_config(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
+    """The schema, then checks a JSON schema cannot express; raise ConfigError before any job runs."""
+    validate_schema(config, schema)
+    search_space("stage1", config["stage1"]["space"])
+    search_space("stage2", config["stage2"]["space"])
+    data = config["data"]
+    if "coco" not in data and "builtin" not in data:
+        raise ConfigError("config data: give either data.builtin (the synthetic dataset) or data.coco (your paths)")
+    for name, path in (config["detector"].get("backbone_weights") or {}).items():
+        if not Path(path).is_file():
+            raise ConfigError(f"config detector.backbone_weights.{name}: {path} does not exist (weights are never downloaded)")
+    for key, path in data.get("coco", {}).items():
+        if not Path(path).exists():
+            raise ConfigError(f"config data.coco.{key}: {path} does not exist")
+    for name in ("voc", "bdd"):
+        for key, path in (config["transfer"].get(name) or {}).items():
+            if key in ("root", "train_labels", "val_labels", "train_images", "val_images") and path and not Path(path).exists():
+                raise ConfigError(f"config transfer.{name}.{key}: {path} does not exist")
+    from smnas.models.paper import PAPER_MODELS
+
+    unknown = [m for m in config["final"]["paper_models"] if m not in PAPER_MODELS]
+    if unknown:
+        raise ConfigError(f"config final.paper_models: unknown {unknown}; valid: {sorted(PAPER_MODELS)}")
+
+
+def search_space(stage: str, space: dict[str, Any]) -> "StageOneSpace | StageTwoSpace":
+    """The typed space of a stage from its config block ``{stage}.space``."""
+    from smnas.search.space import StageTwoSpace, space_from_dict
+
+    try:
+        if stage == "stage1":
+            return space_from_dict(space, "config stage1.space")
+        return StageTwoSpace.from_dict(space, "config stage2.space")
+    except SmnasError as e:
+        raise ConfigError(str(e)) from None
+
+
+def train_config(options: dict[str, Any]) -> "TrainConfig":
+    """The TrainConfig of a job's ``options`` param (run seed and the stage's ``train`` block)."""
+    from smnas.engine.train import TrainConfig
+
+    return TrainConfig(seed=options["seed"], **options["train"])
+
+
+def detector_options(options: dict[str, Any], num_classes: int, arch: str | None = None) -> "DetectorOptions":
+    """DetectorOptions from the config's ``detector`` block. ``backbone_weights`` maps backbone
+    names to local ImageNet checkpoints; they initialise BN models of width 1.0 (``arch``)."""
+    from smnas.models.build import DetectorOptions
+
+    det = dict(options["detector"])
+    weights = det.pop("backbone_weights", None) or {}
+    path = None
+    if arch is not None:
+        spec = parse_spec(arch)
+        if spec.norm == "bn" and spec.backbone.width == 1.0:
+            path = weights.get(spec.backbone.name)
+    return DetectorOptions(num_classes=num_classes, backbone_weights=path, **det)
+
+
+def transfer_image_dirs(dataset: str, cfg: dict[str, Any] | None, builtin: str) -> dict[str, str]:
+    """Image folders of a transfer dataset's train and evaluation splits (config ``transfer.{dataset}``;
+    unset paths fall back to the built-in variant under ``builtin``)."""
+    cfg = cfg or {}
+    if dataset == "voc":
+        root = Path(cfg.get("root") or f"{builtin}/voc")
+        devkit = root if (root / "VOC2007").exists() or root.name == "VOCdevkit" else root / "VOCdevkit"
+        return {"train": str(devkit), "val": str(devkit)}
+    return {"train": cfg.get("train_images") or f"{builtin}/bdd/images/100k/train",
+            "val": cfg.get("val_images") or f"{builtin}/bdd/images/100k/val"}

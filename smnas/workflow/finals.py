@@ -1,0 +1,62 @@
+"""Which architectures the final and transfer targets train.
+
+``front{i}`` are ``k`` models spread along the stage-two front by cost (``front0`` the most
+accurate, ``front{k-1}`` the cheapest, evenly between), as the paper's E0..E5 span its front
+from fastest to most accurate; ``E0``..``E5`` are the paper's own models. All switch GN+WS back
+to BatchNorm for speed (SM-NAS, Yao et al., AAAI 2020, Sec. 4).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from smnas.errors import SmnasError
+from smnas.models.spec import DetectorSpec, parse_spec
+
+
+def front_picks(front: pd.DataFrame, k: int, cost: str) -> list[str]:
+    """``k`` archs spread along a front, most accurate first, cheapest last.
+
+    Args:
+        front: the front's rows (columns arch, map, ``cost``); rows that failed are skipped.
+        k: how many picks (at most the front's size).
+        cost: the cost column the front was ranked by.
+
+    Returns:
+        Distinct archs: with the front sorted by cost, the picks sit at evenly spaced positions
+        from its dearest (the most accurate on a front) to its cheapest member.
+    """
+    for col in ("arch", "map", cost):
+        if col not in front:
+            raise SmnasError(f"front table has no column {col!r} (columns: {list(front.columns)})")
+    ok = front[np.isfinite(front["map"].to_numpy(float)) & np.isfinite(front[cost].to_numpy(float))]
+    ok = ok.drop_duplicates("arch").sort_values([cost, "map", "arch"], ascending=[False, False, True])
+    if k > len(ok):
+        raise SmnasError(f"final models: {k} picks asked from a front of {len(ok)} evaluated models")
+    idx = np.floor(np.linspace(0, len(ok) - 1, k) + 0.5).astype(int) if k > 1 else np.zeros(1, dtype=int)
+    return ok["arch"].iloc[idx].tolist()
+
+
+def final_arch(name: str, front: pd.DataFrame | None, picks: int, cost: str,
+               paper_input_size: tuple[int, int] | None = None) -> DetectorSpec:
+    """The architecture of final model ``name``, in BatchNorm.
+
+    Args:
+        name: ``front{i}`` (i < ``picks``) or a paper model ``E0``..``E5``.
+        front: the stage-two front (needed for ``front{i}``).
+        picks: how many models the final target takes from the front (config final.from_front).
+        cost: the stage-two cost column.
+        paper_input_size: a laptop override of the paper models' input size (width, height).
+    """
+    from smnas.models.paper import PAPER_MODELS
+
+    if name.startswith("front"):
+        i = int(name[len("front"):])
+        if front is None or i >= picks:
+            raise SmnasError(f"final model {name}: needs the stage-two front and i < final.from_front ({picks})")
+        spec = parse_spec(front_picks(front, picks, cost)[i])
+    else:
+        spec = parse_spec(PAPER_MODELS[name])
+        if paper_input_size:
+            spec = DetectorSpec(spec.backbone, spec.neck, spec.rpn, spec.head, tuple(paper_input_size), spec.norm)
+    return spec.with_norm("bn")

@@ -1,0 +1,114 @@
+"""A search generation's tables: the candidates it samples, and the population it ranks.
+
+    table = sample_generation("stage2", 1, settings, seed=0, population=previous, out=...)
+    write_arch_files(table, "results/stage2/candidates")   # what each candidate's jobs read
+    rank_generation(candidates, metrics, previous, cost="backbone_gmacs", out=...)
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from smnas.io import atomic_open
+from smnas.models.spec import spec_hash
+from smnas.search.space import StageOneSpace, StageTwoSpace
+from smnas.search.tables import make_table, rank_population, write_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What the sample step of a stage reads from the config: its budget, space and cost."""
+
+    population: int  # candidates trained per generation
+    space: StageOneSpace | StageTwoSpace
+    cost: str  # the cost column minimised beside mAP (latency_ms, gmacs, backbone_gmacs)
+
+
+def sample_generation(stage: str, generation: int, settings: StageSettings, seed: int,
+                      population: str | Path | None = None, stage1_front: str | Path | None = None,
+                      stage1_cost: str = "latency_ms") -> pd.DataFrame:
+    """Generation ``generation``'s candidates (the workflow's sample/mutate step).
+
+    Stage one, g = 0: a seeded sample of the space. Stage two, g = 0: the stage-one front's
+    structures with their backbones as encodings, and mutations of them. g > 0: mutations of the
+    front of generation g-1 (``population``, ranked), never an architecture evaluated before;
+    stage two applies Partial Order Pruning (pruned rows are kept, with the reason, and are not
+    trained).
+
+    Returns:
+        The candidates table (:func:`candidates_table`).
+    """
+    from smnas.engine.cost import backbone_gmacs
+    from smnas.search.evolution import initial_generation, mutator, next_generation
+
+    n, space = settings.population, settings.space
+    cost = backbone_gmacs if isinstance(space, StageTwoSpace) and settings.cost == "backbone_gmacs" else None
+    if generation == 0 and isinstance(space, StageOneSpace):
+        rows = initial_generation(stage, n, seed, space1=space)
+    elif generation == 0:
+        front = pd.read_parquet(stage1_front)
+        rows = initial_generation(stage, n, seed, front=front, space2=space, front_cost=stage1_cost, cost=cost)
+    else:
+        pop = pd.read_parquet(population)
+        rows = next_generation(pop, stage, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost)
+    table = candidates_table(rows)
+    log.info("%s generation %d: %d pending, %d pruned", stage, generation,
+             (table["status"] == "pending").sum(), (table["status"] == "pruned").sum())
+    for _, row in table[table["status"] == "pruned"].iterrows():
+        log.info("pruned %s: %s", row["arch"], row["reason"])
+    return table
+
+
+def candidates_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows with arch/stage/generation/parent/status/reason(/cost), plus the folder hash."""
+    df = pd.DataFrame(rows, columns=["arch", "stage", "generation", "parent", "status", "reason", "cost"])
+    df["generation"] = df["generation"].astype(int)
+    df["hash"] = [spec_hash(a) for a in df["arch"]]
+    df["cost"] = df["cost"].astype(float)
+    return df
+
+
+def write_arch_files(table: pd.DataFrame, candidates_dir: str | Path) -> list[Path]:
+    """``{candidates_dir}/{hash}/arch.txt`` of every pending candidate: the architecture that its
+    train, time and evaluate jobs declare as input.
+
+    A file that exists is left alone: its content is a function of its folder's hash, and a new
+    modification time would make Snakemake retrain a candidate evaluated before.
+    """
+    paths = []
+    for arch, hash_ in zip(table.loc[table["status"] == "pending", "arch"], table.loc[table["status"] == "pending", "hash"]):
+        path = Path(candidates_dir) / hash_ / "arch.txt"
+        if not path.exists():
+            with atomic_open(path) as f:
+                f.write(f"{arch}\n")
+        paths.append(path)
+    return paths
+
+
+def rank_generation(candidates: str | Path, metrics: list[str | Path], previous: list[str | Path],
+                    cost: str) -> pd.DataFrame:
+    """Population after generation g: the previous population, this generation's evaluated
+    candidates (from their metrics.json) and its pruned ones, ranked into fronts."""
+    table = pd.read_parquet(candidates)
+    meta = table.set_index("arch")
+    rows = []
+    for path in metrics:
+        row = json.loads(Path(path).read_text())
+        info = meta.loc[row["arch"]]
+        row.update(stage=info["stage"], generation=int(info["generation"]), parent=info["parent"])
+        rows.append(row)
+    for _, pruned in table[table["status"] == "pruned"].iterrows():
+        rows.append({k: pruned[k] for k in ("arch", "stage", "generation", "parent", "status", "reason")}
+                    | ({cost: pruned["cost"]} if "cost" in pruned and pd.notna(pruned["cost"]) else {}))
+    new = make_table(rows)
+    frames = [pd.read_parquet(p) for p in previous] + [new]
+    population = pd.concat([f for f in frames if len(f)], ignore_index=True)
+    return rank_population(population, cost)
+

@@ -1,0 +1,198 @@
+"""The function behind each workflow rule, called with the rule's named inputs, outputs and params.
+
+Each function takes exactly the names its rule declares (``rules/*.smk``; the table is
+:data:`smnas.workflow.rules.JOBS`, and ``tests/test_jobs.py`` checks that every rule's names bind),
+turns the config's plain values into the typed objects the package takes, and writes the rule's
+outputs atomically. Nothing here needs Snakemake, so each is unit-tested directly.
+
+torch and pandas are imported inside the functions: the fork server preloads them, and a job
+that runs without it pays only for what it uses.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _one(path: str | list[str] | None) -> str | None:
+    """A single optional input: a path, or None where the rule declared none (``[]``)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1:
+            raise ValueError(f"expected at most one file, got {path}")
+        return str(path[0]) if path else None
+    return str(path) if path else None
+
+
+def _read_arch(path: str | Path) -> str:
+    return Path(path).read_text().strip()
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def make_dataset(coco_train: str, coco_val: str, voc_test: str, bdd_train: str, bdd_val: str,
+                 seed: int, builtin: dict[str, Any]) -> None:
+    """The built-in dataset in its three layouts under the folder that holds ``coco/``."""
+    from smnas.data.synthetic import make_dataset as make
+
+    root = Path(coco_train).parents[2]  # {root}/coco/annotations/instances_train.json
+    make(root, seed=seed, num_train=builtin["num_train"], num_val=builtin["num_val"],
+         image_size=tuple(builtin["image_size"]))
+    missing = [p for p in (coco_train, coco_val, voc_test, bdd_train, bdd_val) if not Path(p).exists()]
+    if missing:
+        raise RuntimeError(f"make_dataset wrote {root} but not {missing}")
+
+
+def convert_voc(json: str, root: str, year: str, split: str) -> None:
+    """A Pascal VOC split (``year`` 2007, 2012 or 2007+2012) as COCO JSON."""
+    from smnas.data.coco import write_coco
+    from smnas.data.voc import voc_to_coco
+
+    write_coco(voc_to_coco(root, str(year), split), json)
+
+
+def convert_bdd(labels: str, json: str, images: str) -> None:
+    """BDD100K det_20 labels as COCO JSON (the 10 detection classes)."""
+    import warnings
+
+    from smnas.data.bdd import bdd_to_coco
+    from smnas.data.coco import write_coco
+
+    logging.captureWarnings(True)  # the count of skipped categories goes to the log
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        write_coco(bdd_to_coco(labels, images), json)
+
+
+# ---- a generation --------------------------------------------------------------------------
+
+def sample(population: list[str], stage1_front: str | list[str], table: str, stage: str, generation: int,
+           seed: int, settings: dict[str, Any], stage1_cost: str, candidates_dir: str) -> None:
+    """Write generation ``generation``'s candidates table and each pending candidate's arch.txt."""
+    from smnas.search.tables import write_table
+    from smnas.workflow.config import search_space
+    from smnas.workflow.generations import StageSettings, sample_generation, write_arch_files
+
+    typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"])
+    df = sample_generation(stage, generation, typed, seed, population=_one(population),
+                           stage1_front=_one(stage1_front), stage1_cost=stage1_cost)
+    write_arch_files(df, candidates_dir)
+    write_table(df, table)
+
+
+def rank(candidates: str, metrics: list[str], previous: list[str], population: str, cost: str) -> None:
+    """Everything evaluated up to this generation, ranked into Pareto fronts."""
+    from smnas.search.tables import write_table
+    from smnas.workflow.generations import rank_generation
+
+    write_table(rank_generation(candidates, metrics, previous, cost), population)
+
+
+def front(populations: list[str], front: str, plot: str, cost: str, title: str) -> None:
+    """The stage's Pareto front table and the plot of its fronts by generation."""
+    from smnas.report import write_front
+
+    write_front(populations, cost, front, plot, title)
+
+
+# ---- one model -----------------------------------------------------------------------------
+
+def train(arch: str, train_json: str, val_json: str, model: str, status: str, data: dict[str, str],
+          options: dict[str, Any], threads: int = 1) -> None:
+    """Train one model (a candidate, a final or a transfer model) into the folder of ``model``."""
+    import torch
+
+    from smnas.engine.candidate import DataPaths, train_candidate
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options, train_config
+
+    torch.set_num_threads(threads)
+    text, paths = _read_arch(arch), DataPaths(**data)
+    jitter = options.get("scale_jitter")
+    opts = detector_options(options, _num_classes(paths.train_json), text)
+    train_candidate(parse_spec(text), paths, train_config(options), opts, Path(model).parent,
+                    device=options["device"], progress=False, scale_jitter=tuple(jitter) if jitter else None)
+    _check_written(model, status)
+
+
+def time(arch: str, model: str, status: str, latency: str, data: dict[str, str], options: dict[str, Any],
+         runs: int, num_images: int) -> None:
+    """Batch-1 inference time of a trained model on the target device over the first
+    ``num_images`` val images of ``data``, ``runs`` passes (``latency.json``)."""
+    import json
+
+    from smnas.engine.candidate import DataPaths, time_candidate
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options
+
+    num_classes = json.loads(Path(status).read_text())["num_classes"]
+    time_candidate(parse_spec(_read_arch(arch)), detector_options(options, num_classes), Path(model).parent,
+                   DataPaths(**data), num_images=num_images, device=options["device"], runs=runs, threads=1)
+    _check_written(latency)
+
+
+def evaluate(arch: str, model: str, status: str, metrics: str, data: dict[str, str], options: dict[str, Any],
+             metric: str = "coco", latency: str | None = None) -> None:
+    """COCO AP of a trained model on the val split (``metric="voc"`` adds Pascal VOC's mAP at
+    IoU 0.5), merged with its training record and its timing (``latency.json``, when the rule
+    times the model) into ``metrics.json``."""
+    import torch
+
+    from smnas.engine.candidate import DataPaths, evaluate_trained
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options
+
+    if metric not in ("coco", "voc"):
+        raise ValueError(f"metric must be 'coco' or 'voc', got {metric!r}")
+    torch.set_num_threads(1)
+    paths = DataPaths(**data)
+    evaluate_trained(parse_spec(_read_arch(arch)), paths, detector_options(options, _num_classes(paths.train_json)),
+                     Path(model).parent, device=options["device"], progress=False, voc_metric=metric == "voc")
+    _check_written(metrics)
+
+
+def _num_classes(train_json: str | Path) -> int:
+    from smnas.data.coco import load_coco
+
+    return len(load_coco(train_json, check_images=False)["categories"])
+
+
+def _check_written(*paths: str) -> None:
+    """A job's outputs must be where its rule says (the engine names files by convention)."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise RuntimeError(f"the job finished but did not write {missing}")
+
+
+# ---- final models and the report -----------------------------------------------------------
+
+def final_arch(front: str | list[str], arch: str, name: str, picks: int, cost: str,
+               paper_input_size: list[int] | None) -> None:
+    """Write final model ``name``'s architecture (:func:`smnas.workflow.finals.final_arch`)."""
+    import pandas as pd
+
+    from smnas.io import atomic_open
+    from smnas.workflow.finals import final_arch as pick
+
+    path = _one(front)
+    spec = pick(name, pd.read_parquet(path) if path else None, picks, cost,
+                tuple(paper_input_size) if paper_input_size else None)
+    with atomic_open(arch) as f:
+        f.write(f"{spec}\n")
+    log.info("final model %s: %s", name, spec)
+
+
+def report_plots(populations: list[str], final: list[str], voc: list[str], bdd: list[str], correlation: str,
+                 correlation_table: str, metrics: str) -> None:
+    """Backbone-factor correlations (stage-two population) and the final/transfer metrics table."""
+    import pandas as pd
+
+    from smnas.report import factor_correlations, metrics_table, plot_factor_correlations, write_csv
+
+    population = pd.concat([pd.read_parquet(p) for p in populations], ignore_index=True)
+    corr = factor_correlations(population)
+    write_csv(corr, correlation_table)
+    plot_factor_correlations(corr, correlation)
+    write_csv(metrics_table([*final, *voc, *bdd]), metrics)
