@@ -183,3 +183,21 @@ def test_candidate_with_non_finite_cost_is_an_error_naming_it(cost):
     assert pruner.check(small, 1.0) is not None  # with a finite cost this candidate is pruned
     with pytest.raises(ValueError, match=re.escape(f"candidate {small}: cost {cost} is not finite")):
         pruner.check(small, cost)
+
+
+def test_parallel_counts_take_part_in_containment():
+    serial = parse_encoding("basicblock_16_1-21-21-12")
+    more = parse_encoding("basicblock_16_1-21-21-12_0-1-0-2")
+    fewer = parse_encoding("basicblock_16_1-21-21-12_0-1-0-1")
+    assert contains(more, fewer) and contains(more, serial) and contains(fewer, serial)
+    assert not contains(fewer, more) and not contains(serial, fewer)
+    # the vectorised pruner agrees: the one with more copies is a container, never the other way
+    tail = "+fpn:P2-P4:c16+rpn+2fc:32+64x48+gnws"
+    pruner = PartialOrderPruner([str(fewer) + tail, "basicblock_16_1-21-21-1" + tail], [2.0, 0.5], [0.3, 0.4])
+    assert pruner.check(parse_spec(str(serial) + tail), 1.0) is not None  # inside `fewer`, beaten by the cheap one
+    assert pruner.check(parse_spec(str(more) + tail), 3.0) is None  # contains `fewer`, not contained by it
+
+
+def test_spec_strings_of_one_encoding_are_one_identity():
+    assert str(parse_spec("basicblock_016_1-21-21-12_0-0-0-0+none+rpn+2fc+64x48+bn")) == \
+        "basicblock_16_1-21-21-12+none+rpn+2fc+64x48+bn"

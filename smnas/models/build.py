@@ -24,7 +24,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from smnas.models.backbones import Level, build_backbone
+from smnas.models.backbones import build_backbone
+from smnas.models.trunks import Level
 from smnas.models.cascade import cascade_roi_heads
 from smnas.models.ga_rpn import GuidedAnchorRPN
 from smnas.models.necks import BackboneWithNeck, FPNNeck, LastLevel

@@ -6,7 +6,12 @@ Fields, separated by ``_``:
    channels at base 64), ``invres`` (MobileNetV2 inverted residual, expansion 6);
 2. base channel count (the stem's output and stage 2's block width);
 3. one character per block, ``-`` between stages of different resolution: ``1`` keeps the channel
-   count, ``2`` doubles it at that block.
+   count, ``2`` doubles it at that block;
+4. optional, SP-NAS's parallel level (Jiang et al., "SP-NAS: Serial-to-Parallel Backbone Search for
+   Object Detection", CVPR 2020): one count per stage, ``-`` separated, of sub-networks (copies of
+   that stage's blocks) running beside it, e.g. ``basicblock_64_1-21-21-12_0-1-0-2``. No parallel
+   sub-network at all has ONE form, the 3-field string: all-zero counts (``_0-0-0-0``) parse and
+   normalise to it (``Encoding.parallel == ()``), so a serial encoding keeps its string and hash.
 
 Reading (the SM-NAS paper, Yao et al., AAAI 2020, Sec. 3.2): a fixed ResNet stem (7x7 conv stride 2, 3x3 max-pool stride 2); the first
 stage after the stem runs at stride 4; the first block of every later stage has stride 2;
@@ -16,6 +21,7 @@ ResNet-50 is ``bottleneck_64_111-2111-211111-211``.
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from dataclasses import dataclass
 
@@ -30,11 +36,13 @@ _BLOCKS_RE = re.compile(r"^[12]+(-[12]+)*$")
 
 @dataclass(frozen=True)
 class Encoding:
-    """A parsed backbone encoding. ``stages`` holds one string of ``1``/``2`` per stage."""
+    """A parsed backbone encoding. ``stages`` holds one string of ``1``/``2`` per stage;
+    ``parallel`` one sub-network count per stage, or ``()`` for none (all zeros normalise to it)."""
 
     block: str
     base_channels: int
     stages: tuple[str, ...]
+    parallel: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_TYPES:
@@ -52,9 +60,16 @@ class Encoding:
                     f"stage {i + 1} {stage!r}: character {sorted(bad)[0]!r} is not a block; "
                     "expected '1' (keep channels) or '2' (double channels)"
                 )
+        object.__setattr__(self, "parallel", _parallel_counts(self.parallel, len(self.stages)))
 
     def __str__(self) -> str:
-        return f"{self.block}_{self.base_channels}_{'-'.join(self.stages)}"
+        text = f"{self.block}_{self.base_channels}_{'-'.join(self.stages)}"
+        return f"{text}_{'-'.join(map(str, self.parallel))}" if self.parallel else text
+
+    @property
+    def serial(self) -> "Encoding":
+        """The same blocks without parallel sub-networks (SP-NAS's serial network)."""
+        return Encoding(self.block, self.base_channels, self.stages)
 
     @property
     def num_blocks(self) -> int:
@@ -77,16 +92,36 @@ class Encoding:
         return out
 
 
+def _parallel_counts(counts, num_stages: int) -> tuple[int, ...]:
+    """Check the parallel counts; all zeros become ``()`` so one architecture has one string."""
+    out = []
+    for i, c in enumerate(tuple(counts)):
+        try:
+            if isinstance(c, bool):  # an int subclass, but never a count
+                raise TypeError
+            c = operator.index(c)  # ints and NumPy integers; 1.5 and "1" are refused
+        except TypeError:
+            raise SpecError(f"parallel count of stage {i + 1}: {c!r} is not a whole number") from None
+        if c < 0:
+            raise SpecError(f"parallel count of stage {i + 1}: {c} is negative; expected 0 or more sub-networks")
+        out.append(c)
+    if out and len(out) != num_stages:
+        raise SpecError(f"parallel counts {'-'.join(map(str, out))}: {len(out)} given, "
+                        f"expected {num_stages} (one per stage)")
+    return tuple(out) if any(out) else ()
+
+
 @functools.lru_cache(maxsize=1 << 16)  # the search parses the same strings over and over; Encoding is frozen
 def parse_encoding(text: str) -> Encoding:
-    """Parse ``block_base_blocks``; errors name the field at fault and what was expected."""
+    """Parse ``block_base_blocks[_counts]``; errors name the field at fault and what was expected."""
     parts = text.split("_")
-    if len(parts) != 3:
+    if len(parts) not in (3, 4):
         raise SpecError(
             f"backbone encoding {text!r}: expected 3 fields 'block_base_blocks' "
-            f"(e.g. basicblock_64_1-21-21-12), got {len(parts)}"
+            f"(e.g. basicblock_64_1-21-21-12) or 4 with parallel counts (e.g. basicblock_64_1-21-21-12_0-1-0-2), "
+            f"got {len(parts)}"
         )
-    block, base, blocks = parts
+    block, base, blocks = parts[:3]
     if block not in BLOCK_TYPES:
         raise SpecError(f"backbone encoding {text!r}: unknown block type {block!r}; valid: {', '.join(BLOCK_TYPES)}")
     if not base.isdigit():
@@ -99,7 +134,20 @@ def parse_encoding(text: str) -> Encoding:
                     "expected '1', '2' or '-'"
                 )
         raise SpecError(f"backbone encoding {text!r}: empty stage in {blocks!r} (a leading, trailing or double '-')")
-    return Encoding(block, int(base), tuple(blocks.split("-")))
+    stages = tuple(blocks.split("-"))
+    if len(parts) == 3:
+        return Encoding(block, int(base), stages)
+    counts = parts[3].split("-")
+    for i, c in enumerate(counts):
+        if not (c.isascii() and c.isdigit()):
+            raise SpecError(
+                f"backbone encoding {text!r}: parallel count {c!r} of stage {i + 1} is not a whole number "
+                "(expected one count >= 0 per stage, '-' separated)"
+            )
+    if len(counts) != len(stages):
+        raise SpecError(f"backbone encoding {text!r}: {len(counts)} parallel counts, "
+                        f"expected {len(stages)} (one per stage)")
+    return Encoding(block, int(base), stages, tuple(int(c) for c in counts))
 
 
 def is_encoding(text: str) -> bool:

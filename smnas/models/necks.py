@@ -15,7 +15,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from smnas.errors import SpecError
-from smnas.models.backbones import Level
+from smnas.models.trunks import Level
 from smnas.models.norm import NormKind, norm_layer, to_gnws
 
 MAX_LEVEL = 6  # P6, stride 128

@@ -167,6 +167,8 @@ def parse_spec(text: str) -> DetectorSpec:
 
 def _parse_backbone(text: str) -> BackboneSpec:
     name, _, width = text.partition("@")
+    if is_encoding(name):  # one string per architecture: "_0-0-0-0" and "064" are not identities
+        name = str(parse_encoding(name))
     if not width:
         return BackboneSpec(name)
     try:

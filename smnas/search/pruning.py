@@ -46,7 +46,12 @@ def contains(a: Encoding, b: Encoding) -> bool:
             return False
         if any(x < y for x, y in zip(wa[len(wa) - len(wb):], wb)):
             return False
-    return True
+    # SP-NAS parallel sub-networks copy their stage's blocks: a contains b's copies if it has as many
+    return all(x >= y for x, y in zip(_counts(a), _counts(b)))
+
+
+def _counts(enc: Encoding) -> tuple[int, ...]:
+    return enc.parallel or (0,) * len(enc.stages)
 
 
 def spec_contains(a: DetectorSpec, b: DetectorSpec) -> bool:
@@ -102,7 +107,8 @@ def _widths(spec: DetectorSpec, longest: int) -> np.ndarray | None:
 
     With this layout :func:`contains` (a, b) is ``base_a >= base_b and (W_a >= W_b).all()``:
     b's blocks face a's last blocks of each stage (the alignment contains() tests), and a zero
-    of b (no block) asks nothing of a. None if a stage of ``spec`` is longer than ``longest``.
+    of b (no block) asks nothing of a; the parallel counts per stage follow. None if a stage of
+    ``spec`` is longer than ``longest``.
     """
     if not spec.backbone.is_encoding:
         return np.zeros(0)
@@ -112,7 +118,8 @@ def _widths(spec: DetectorSpec, longest: int) -> np.ndarray | None:
     out = np.zeros((len(stages), longest))
     for i, widths in enumerate(stages):
         out[i, longest - len(widths):] = widths
-    return out.ravel()
+    # parallel counts last: containment asks for at least as many copies of each stage
+    return np.concatenate([out.ravel(), _counts(parse_encoding(spec.backbone.name))])
 
 
 def _base(spec: DetectorSpec) -> int:
