@@ -5,7 +5,7 @@
     .venv/bin/python bench/workflow.py main --analyse DIR   # only analyse an earlier `--keep DIR`
     .venv/bin/python bench/workflow.py main --no-forkserver # every job imports torch itself
     .venv/bin/python bench/workflow.py compare          # main with and without the fork server, side by side
-    .venv/bin/python bench/workflow.py plan             # `snakemake -n` on a simulated 20 x 50 search
+    .venv/bin/python bench/workflow.py plan             # `snakemake -n` on simulated paper-scale searches
 
 main: wall time of `snakemake --cores 2 --configfile config/config.yaml` from nothing (target: at
 most 15 minutes on 2 cores) and the share of it spent outside training and evaluation (target:
@@ -17,8 +17,10 @@ data generation, plotting. A looser reading counts whole training, timing and ev
 the share of all job time (Snakemake's benchmark files) spent outside those spans, and the share
 of the 2 cores' capacity (2 x wall) outside them, which also counts a core left idle while a
 generation waits for its slowest candidate. A Gantt chart of the spans is written to DIR/timeline.png.
-plan: tables for 20 generations x 50 candidates are simulated (no training); the time
-`snakemake -n` takes to build the DAG of all 3,000 candidate jobs (target: under 10 s).
+plan: a finished search is simulated (tables and empty candidate files; no training), then the
+time `snakemake -n` takes to check the DAG of every candidate's jobs (target: under 10 s): stage
+one with 10 generations x 50 candidates (1,500 candidate jobs), then stage two as the paper runs
+it, 6 groups of 10 x 50 (9,000 more).
 """
 from __future__ import annotations
 
@@ -165,33 +167,85 @@ def analyse(workdir: Path) -> dict[str, float]:
     return table
 
 
-def bench_plan(generations: int, population: int) -> None:
+def _simulate_search(workdir: Path, search: str, specs: list, generations: int, population: int, cost: str) -> None:
+    """Candidates and population tables of ``generations`` x ``population`` evaluated candidates,
+    their arch.txt files, as the sample and rank steps write them, and (empty) files in place of
+    each candidate's outputs, in the order a finished search writes them (no training)."""
     from smnas.models.spec import spec_hash
-    from smnas.search.space import StageOneSpace
     from smnas.search.tables import make_table, rank_population, write_table
     from smnas.workflow.generations import write_arch_files
 
+    stage, _, group = search.partition("/")
+    rows = []
+    for g in range(generations):
+        gen = [{"arch": str(s), "stage": stage, "group": group, "generation": g, "parent": "", "status": "pending",
+                "reason": "", "cost": float("nan"), "hash": spec_hash(s)} for s in specs[g * population:(g + 1) * population]]
+        path = workdir / f"results/{search}/gen{g}/candidates.parquet"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame(gen).to_parquet(path)
+        for folder in write_arch_files(pd.DataFrame(gen), workdir / f"results/{stage}/candidates"):
+            for name in ("model.pt", "train.json", "latency.json", "metrics.json"):
+                (folder.parent / name).touch()
+        rows += [dict(r, status="ok", map=0.1, gmacs=1.0, latency_ms=1.0) for r in gen]
+        write_table(rank_population(make_table(rows), cost), workdir / f"results/{search}/gen{g}/population.parquet")
+
+
+def bench_plan(generations: int, population: int, groups: int) -> None:
+    """Plan stage one alone (generations x population), then stage two at the paper's shape:
+    ``groups`` groups of generations x population each, after a simulated stage one."""
+    import random
+
+    from smnas.search.mutation import mutate_stage2
+    from smnas.search.seeding import seed_spec
+    from smnas.search.space import StageOneSpace, StageTwoSpace
+    from smnas.search.tables import rank_population, write_table
+
+    space1 = StageOneSpace(input_sizes=tuple((w, w * 3 // 4) for w in range(64, 1024, 8)))
+    specs1 = space1.sample(generations * population, seed=0)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
         cfg["stage1"].update(generations=generations, population=population)
+        cfg["stage2"].update(generations=generations, population=population)
+        cfg["stage2"]["space"].update(structures=groups)
         (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-        specs = StageOneSpace(input_sizes=tuple((w, w * 3 // 4) for w in range(64, 1024, 8))).sample(generations * population, seed=0)
-        rows = []
-        for g in range(generations):
-            gen = [{"arch": str(s), "stage": "stage1", "generation": g, "parent": "", "status": "pending", "reason": "",
-                    "cost": float("nan"), "hash": spec_hash(s)} for s in specs[g * population:(g + 1) * population]]
-            path = workdir / f"results/stage1/gen{g}/candidates.parquet"
-            path.parent.mkdir(parents=True)
-            pd.DataFrame(gen).to_parquet(path)
-            write_arch_files(pd.DataFrame(gen), workdir / "results/stage1/candidates")  # as the sample step does
-            rows += [dict(r, status="ok", map=0.1, gmacs=1.0, latency_ms=1.0) for r in gen]
-            write_table(rank_population(make_table(rows), "latency_ms"), workdir / f"results/stage1/gen{g}/population.parquet")
-        # sample outputs exist, candidate outputs do not: the DAG holds every candidate's jobs
-        args = ["stage1", "-n", "--cores", "2", "--configfile", str(workdir / "config.yaml")]
-        times = [snakemake(workdir, *args) for _ in range(2)]
-    print(f"{'planning':<52}{'seconds':>12}")
-    print(f"{f'snakemake -n stage1, {generations} x {population} candidates':<52}{min(times):>12.2f}")
+        data = workdir / "results/data/synthetic/coco/annotations"  # the built-in data, made before any table
+        data.mkdir(parents=True)
+        for split in ("train", "val"):
+            (data / f"instances_{split}.json").write_text('{"images": [], "annotations": [], "categories": []}')
+        _simulate_search(workdir, "stage1", specs1, generations, population, "latency_ms")
+        # a finished search: Snakemake checks every candidate's files (what a resumed run costs)
+        args = ["-n", "--cores", "2", "--configfile", str(workdir / "config.yaml")]
+        times = [snakemake(workdir, "stage1", *args) for _ in range(2)]
+        results.append((f"snakemake -n stage1, {generations} x {population} candidates", min(times)))
+        # stage two: a finished stage one (front and groups tables), then each group's tables
+        front = rank_population(pd.read_parquet(workdir / f"results/stage1/gen{generations - 1}/population.parquet"), "latency_ms")
+        write_table(front[front["front_rank"] == 0], workdir / "results/stage1/front.parquet")
+        space2 = StageTwoSpace(structures=groups)
+        structures = [s for s in specs1 if s.backbone.name != "mobilenetv2"][:groups]
+        write_table(pd.DataFrame({"group": [f"C{i}" for i in range(groups)], "structure": [str(s) for s in structures],
+                                  "seed": [str(seed_spec(s, space2)) for s in structures]}),
+                    workdir / "results/stage2/groups.parquet")
+        rng = random.Random(0)
+        for i, structure in enumerate(structures):
+            specs, seen, spec = [], set(), seed_spec(structure, space2)
+            while len(specs) < generations * population:
+                spec = mutate_stage2(spec if rng.random() < 0.9 else seed_spec(structure, space2), space2, rng)
+                if str(spec) not in seen:
+                    seen.add(str(spec))
+                    specs.append(spec)
+            _simulate_search(workdir, f"stage2/C{i}", specs, generations, population, "gmacs")
+        times = [snakemake(workdir, "stage2", *args) for _ in range(2)]
+        results.append((f"snakemake -n stage2, {groups} groups x {generations} x {population}", min(times)))
+        # `stage2` reaches the groups through a checkpoint, after which Snakemake does not open the
+        # finished generations again; naming every group's front makes it check every candidate
+        fronts = [f"results/stage2/C{i}/front.parquet" for i in range(groups)]
+        times = [snakemake(workdir, *fronts, *args) for _ in range(2)]
+        results.append((f"... every group's front named: all {groups * generations * population} candidates", min(times)))
+    print(f"{'planning':<56}{'seconds':>10}")
+    for name, seconds in results:
+        print(f"{name:<56}{seconds:>10.2f}")
 
 
 def main() -> None:
@@ -200,11 +254,12 @@ def main() -> None:
     p.add_argument("--keep", type=Path, default=None, help="main: run in this folder instead of a temporary one")
     p.add_argument("--analyse", type=Path, default=None, help="main: only analyse this folder of an earlier --keep run")
     p.add_argument("--no-forkserver", action="store_true", help="main: every job imports torch itself")
-    p.add_argument("--generations", type=int, default=20)
-    p.add_argument("--population", type=int, default=50)
+    p.add_argument("--generations", type=int, default=10, help="plan: generations per search")
+    p.add_argument("--population", type=int, default=50, help="plan: candidates per generation")
+    p.add_argument("--groups", type=int, default=6, help="plan: stage-two groups (the paper's C0..C5)")
     args = p.parse_args()
     if args.what == "plan":
-        bench_plan(args.generations, args.population)
+        bench_plan(args.generations, args.population, args.groups)
     elif args.what == "compare":
         bench_compare()
     elif args.analyse:

@@ -11,12 +11,12 @@ except ConfigError as e:
 
 DATA = "results/data"
 BUILTIN = f"{DATA}/synthetic"
-STAGES = ("stage1", "stage2")
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
 wildcard_constraints:
     stage="stage1|stage2",
+    search=r"stage1|stage2/C\d+",  # stage one, or one stage-two group
     gen=r"\d+",
     hash="[0-9a-f]{12}",
     name=r"front\d+|E\d",
@@ -25,6 +25,29 @@ wildcard_constraints:
 
 def last_gen(stage):
     return config[stage]["generations"] - 1
+
+
+def stage_of(search):
+    """stage1 -> stage1; stage2/C3 -> stage2."""
+    return search.partition("/")[0]
+
+
+def stage2_groups():
+    """The stage-two groups (C0, C1, ...): a checkpoint, decided by the stage-one front."""
+    import pandas as pd
+
+    return pd.read_parquet(checkpoints.groups.get().output.groups)["group"].tolist()
+
+
+def group_fronts(wildcards=None):
+    return [f"results/stage2/{g}/front.parquet" for g in stage2_groups()]
+
+
+def last_populations(wildcards=None):
+    """The last population of stage one and of every stage-two group."""
+    return [f"results/stage1/gen{last_gen('stage1')}/population.parquet"] + [
+        f"results/stage2/{g}/gen{last_gen('stage2')}/population.parquet" for g in stage2_groups()
+    ]
 
 
 def search_data():
@@ -42,7 +65,7 @@ def search_data():
 
 def generation_candidates(wildcards):
     """The candidates table of generation g: a checkpoint, so its contents decide the jobs."""
-    return checkpoints.sample.get(stage=wildcards.stage, gen=wildcards.gen).output.table
+    return checkpoints.sample.get(search=wildcards.search, gen=wildcards.gen).output.table
 
 
 def generation_metrics(wildcards):
@@ -51,12 +74,12 @@ def generation_metrics(wildcards):
 
     table = pd.read_parquet(generation_candidates(wildcards))
     pending = table[table["status"] == "pending"]
-    return [f"results/{wildcards.stage}/candidates/{h}/metrics.json" for h in pending["hash"]]
+    return [f"results/{stage_of(wildcards.search)}/candidates/{h}/metrics.json" for h in pending["hash"]]
 
 
 def previous_population(wildcards):
     g = int(wildcards.gen)
-    return [f"results/{wildcards.stage}/gen{g - 1}/population.parquet"] if g > 0 else []
+    return [f"results/{wildcards.search}/gen{g - 1}/population.parquet"] if g > 0 else []
 
 
 def stage_options(stage):
@@ -85,7 +108,7 @@ def transfer_targets(dataset):
 def final_front(wildcards):
     """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
     if wildcards.name.startswith("front"):
-        return checkpoints.front.get(stage="stage2").output.front
+        return checkpoints.stage2_front.get().output.front
     return []
 
 

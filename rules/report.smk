@@ -6,7 +6,7 @@ rule report_plots:
     input:
         "results/stage1/front.parquet",  # unnamed: dependencies only
         "results/stage2/front.parquet",
-        populations=lambda wc: [f"results/{s}/gen{last_gen(s)}/population.parquet" for s in STAGES],
+        populations=last_populations,
         final=final_targets,
         voc=lambda wc: transfer_targets("voc"),
         bdd=lambda wc: transfer_targets("bdd"),

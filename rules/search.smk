@@ -1,6 +1,10 @@
-# One search generation g of a stage, as file targets:
-#   sample (g = 0: random / seeded; g > 0: mutate the front of g-1; stage two: Partial Order
-#   Pruning) -> train -> time -> evaluate -> rank (non-dominated sorting) -> sample g+1 ...
+# A search generation g, as file targets, for stage one and for each stage-two group:
+#   sample (g = 0: random / the group's structure; g > 0: mutate the front of g-1; stage two:
+#   Partial Order Pruning within the group) -> train -> time -> evaluate -> rank (non-dominated
+#   sorting) -> sample g+1 ... -> front.
+# {search} is "stage1" or a stage-two group "stage2/C0", "stage2/C1", ... (the paper's C0..C5:
+# structures spread along the stage-one front, each searched with its own population, front and
+# pruning); stage two's front is the non-dominated set of its groups' fronts.
 # Candidates live in results/{stage}/candidates/{hash}/, keyed by the hash of the canonical
 # architecture string, so an architecture evaluated before is found, never trained again. The
 # sample step writes each pending candidate's arch.txt there beside its table (no job per
@@ -9,23 +13,43 @@
 # of its function in smnas/workflow/jobs.py (smnas.workflow.rules.JOBS).
 
 
+checkpoint groups:
+    """Stage two's groups: structures spread along the stage-one front (a checkpoint)."""
+    input:
+        stage1_front="results/stage1/front.parquet",
+    output:
+        groups="results/stage2/groups.parquet",
+    params:
+        space=config["stage2"]["space"],
+        stage1_cost=config["stage1"]["cost"],
+    log:
+        "results/logs/stage2/groups.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"
+
+
 checkpoint sample:
     """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation."""
     input:
         population=previous_population,
-        stage1_front=lambda wc: "results/stage1/front.parquet" if wc.stage == "stage2" and wc.gen == "0" else [],
+        groups=lambda wc: "results/stage2/groups.parquet" if wc.search != "stage1" and wc.gen == "0" else [],
+        train_json=search_data()["train_json"],  # the class count, for stage two's cost
     output:
-        table="results/{stage}/gen{gen}/candidates.parquet",
+        table="results/{search}/gen{gen}/candidates.parquet",
     params:
-        stage=lambda wc: wc.stage,
+        stage=lambda wc: stage_of(wc.search),
+        group=lambda wc: wc.search.partition("/")[2],
         generation=lambda wc: int(wc.gen),
         seed=config["seed"],
         # only what sampling reads, so an edit elsewhere (training lr, say) does not resample
-        settings=lambda wc: {k: config[wc.stage][k] for k in ("population", "space", "cost")},
-        stage1_cost=config["stage1"]["cost"],
-        candidates_dir=lambda wc: f"results/{wc.stage}/candidates",
+        settings=lambda wc: {k: config[stage_of(wc.search)][k] for k in ("population", "space", "cost")},
+        detector=config["detector"],
+        candidates_dir=lambda wc: f"results/{stage_of(wc.search)}/candidates",
     log:
-        "results/logs/{stage}/gen{gen}/sample.log",
+        "results/logs/{search}/gen{gen}/sample.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
@@ -126,11 +150,11 @@ rule rank:
         metrics=generation_metrics,
         previous=previous_population,
     output:
-        population="results/{stage}/gen{gen}/population.parquet",
+        population="results/{search}/gen{gen}/population.parquet",
     params:
-        cost=lambda wc: config[wc.stage]["cost"],
+        cost=lambda wc: config[stage_of(wc.search)]["cost"],
     log:
-        "results/logs/{stage}/gen{gen}/rank.log",
+        "results/logs/{search}/gen{gen}/rank.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
@@ -139,18 +163,38 @@ rule rank:
 
 
 checkpoint front:
-    """The stage's Pareto front after its last generation (stage two and final training read it)."""
+    """A search's Pareto front after its last generation (stage one's is read by stage two)."""
     input:
-        populations=lambda wc: [f"results/{wc.stage}/gen{g}/population.parquet" for g in range(last_gen(wc.stage) + 1)],
+        populations=lambda wc: [f"results/{wc.search}/gen{g}/population.parquet"
+                                for g in range(last_gen(stage_of(wc.search)) + 1)],
     output:
-        front="results/{stage}/front.parquet",
-        plot=report("results/{stage}/fronts.png", category="Search", subcategory="{stage}",
+        front="results/{search}/front.parquet",
+        plot=report("results/{search}/fronts.png", category="Search", subcategory="{search}",
                     caption="../report/fronts.rst"),
     params:
-        cost=lambda wc: config[wc.stage]["cost"],
-        title=lambda wc: f"{wc.stage}: Pareto fronts by generation",
+        cost=lambda wc: config[stage_of(wc.search)]["cost"],
+        title=lambda wc: f"{wc.search}: Pareto fronts by generation",
     log:
-        "results/logs/{stage}/front.log",
+        "results/logs/{search}/front.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"
+
+
+checkpoint stage2_front:
+    """Stage two's front: the non-dominated set of its groups' fronts (final training reads it)."""
+    input:
+        fronts=group_fronts,
+    output:
+        front="results/stage2/front.parquet",
+        plot=report("results/stage2/fronts.png", category="Search", subcategory="stage2",
+                    caption="../report/groups.rst"),
+    params:
+        cost=config["stage2"]["cost"],
+    log:
+        "results/logs/stage2/front.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
@@ -165,6 +209,6 @@ rule stage1:
 
 
 rule stage2:
-    """Target: the modular search (reads the stage-one front)."""
+    """Target: the modular search, one group per structure of the stage-one front."""
     input:
         "results/stage2/front.parquet",

@@ -45,6 +45,26 @@ def plot_fronts(populations: list[pd.DataFrame], cost: str, path: str | Path, ti
     _save(fig, path)
 
 
+def plot_group_fronts(fronts: list[pd.DataFrame], union: pd.DataFrame, cost: str, path: str | Path) -> None:
+    """Each stage-two group's front in its own colour, and the front over all groups."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    colours = plt.cm.tab10(np.arange(len(fronts)) % 10)
+    for front, colour in zip(fronts, colours):
+        if len(front):
+            f = front.sort_values(cost)
+            label = f"group {f['group'].iloc[0]}" if "group" in f else "group"
+            ax.plot(f[cost], f["map"], "o-", c=colour, ms=5, alpha=0.8, label=label)
+    u = union.sort_values(cost)
+    ax.plot(u[cost], u["map"], "k--", lw=1, label="front over all groups", zorder=5)
+    ax.set_xlabel(COST_LABELS.get(cost, cost))
+    ax.set_ylabel("COCO mAP (val)")
+    ax.set_title("stage2: each group's front and the union")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def write_front(populations: list[str | Path], cost: str, front_out: str | Path, plot_out: str | Path, title: str) -> pd.DataFrame:
     """The last population's first front as a table (sorted by cost), and the fronts plot."""
     pops = [pd.read_parquet(p) for p in populations]

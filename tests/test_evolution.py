@@ -14,7 +14,7 @@ from smnas.models.spec import parse_spec
 from smnas.search.evolution import initial_generation, mutator, next_generation, select_parents
 from smnas.engine.cost import backbone_gmacs
 from smnas.search.pruning import spec_contains
-from smnas.search.seeding import clip_encoding, family_encoding, pick_structures, seed_spec
+from smnas.search.seeding import clip_encoding, family_encoding, pick_structures, seed_spec, stage2_groups
 from smnas.search.space import StageOneSpace, StageTwoSpace
 from smnas.search.tables import rank_population
 
@@ -149,7 +149,7 @@ def test_initial_generation_stage2_seeds_then_mutants():
                                 "resnet50@0.25+fpn:P1-P5:c32+rpn+cascade3:256+160x120+gnws",
                                 "mobilenetv2@0.25+none+none+retina+128x96+gnws"],
                        "status": "ok", "latency_ms": [3.0, 9.0, 1.0], "front_rank": 0})
-    rows = initial_generation("stage2", 8, seed=0, front=df, space2=SPACE2, cost=proxy_cost)
+    rows = initial_generation("stage2", 8, seed=0, structures=pick_structures(df, 3), space2=SPACE2, cost=proxy_cost)
     assert [r["arch"] for r in rows[:3]] == [
         "invres_16_1-211-2111-2111+none+none+retina+128x96+gnws",
         "basicblock_16_11-21-21-21+fpn:P2-P5:c32+rpn+2fc:256+128x96+gnws",
@@ -159,6 +159,20 @@ def test_initial_generation_stage2_seeds_then_mutants():
     assert len(rows) == 8 and len({r["arch"] for r in rows}) == 8
     assert {r["parent"] for r in rows[3:]} <= {r["arch"] for r in rows[:3]}
     assert all(r["cost"] == proxy_cost(parse_spec(r["arch"])) for r in rows)
+
+
+def test_stage2_groups_one_per_distinct_seed_cheapest_first():
+    df = pd.DataFrame({"arch": ["resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+128x96+gnws",
+                                "resnet18@0.25+fpn:P2-P5:c64+rpn+2fc:256+128x96+gnws",  # same seed: c64 -> 32
+                                "resnet50@0.25+fpn:P1-P5:c32+rpn+cascade3:256+160x120+gnws",
+                                "mobilenetv2@0.25+none+none+retina+128x96+gnws"],
+                       "status": "ok", "latency_ms": [3.0, 4.0, 9.0, 1.0], "front_rank": 0})
+    groups = stage2_groups(df, StageTwoSpace(fpn_channels=(16, 32)), "latency_ms")
+    assert groups["group"].tolist() == ["C0", "C1", "C2"]
+    assert groups["structure"].tolist() == [df["arch"][3], df["arch"][0], df["arch"][2]]
+    assert groups["seed"].tolist() == [str(seed_spec(parse_spec(a), StageTwoSpace(fpn_channels=(16, 32))))
+                                       for a in groups["structure"]]
+    assert stage2_groups(df, StageTwoSpace(structures=1), "latency_ms")["group"].tolist() == ["C0"]
 
 
 def test_seed_spec_and_clipping():

@@ -40,23 +40,30 @@ def full_run(tmp_path_factory) -> Path:
 
 def test_whole_workflow_tables(full_run):
     res = full_run / "results"
-    for stage, gens in (("stage1", 2), ("stage2", 2)):
-        pop = pd.read_parquet(res / stage / f"gen{gens - 1}" / "population.parquet")
+    groups = sorted(p.name for p in (res / "stage2").glob("C*"))
+    assert groups == ["C0", "C1"]  # config_tiny: two structures from the stage-one front, one search each
+    for search, gens, cost in [("stage1", 2, "gmacs")] + [(f"stage2/{g}", 2, "gmacs") for g in groups]:
+        pop = pd.read_parquet(res / search / f"gen{gens - 1}" / "population.parquet")
         assert set(pop["generation"]) == {0, 1}
         assert pop["arch"].is_unique  # nothing evaluated twice
         ok = pop[pop["status"] == "ok"]
-        assert len(ok) >= 2 and ok["map"].between(0, 1).all() and (ok["gmacs"] > 0).all()
-        front = pd.read_parquet(res / stage / "front.parquet")
-        assert len(front) >= 1 and (front["front_rank"] == 0).all()
-        cost = "gmacs" if stage == "stage1" else "backbone_gmacs"
-        # the front is non-dominated: no evaluated model is at least as good in both objectives and better in one
-        for _, f in front.iterrows():
-            better = ok[(ok["map"] >= f["map"]) & (ok[cost] <= f[cost]) & ((ok["map"] > f["map"]) | (ok[cost] < f[cost]))]
-            assert better.empty, (f["arch"], better["arch"].tolist())
-        _check_tables_agree(res / stage, gens, cost)
+        assert len(ok) >= 1 and ok["map"].between(0, 1).all() and (ok["gmacs"] > 0).all()
+        _check_tables_agree(res / search, res / search.split("/")[0] / "candidates", gens, cost)
+    # each group searched inside one structure; stage two's front is the union's non-dominated set
+    fronts = [pd.read_parquet(res / "stage2" / g / "front.parquet") for g in groups]
+    for g, front in zip(groups, fronts):
+        assert (front["group"] == g).all() and len({_structure(a) for a in front["arch"]}) == 1
+    assert {_structure(f["arch"].iloc[0]) for f in fronts if len(f)} == {_structure(a) for f in fronts for a in f["arch"]}
+    union = pd.read_parquet(res / "stage2" / "front.parquet")
+    both = pd.concat(fronts, ignore_index=True)
+    for _, row in both.iterrows():
+        dominated = ((both["map"] >= row["map"]) & (both["gmacs"] <= row["gmacs"])
+                     & ((both["map"] > row["map"]) | (both["gmacs"] < row["gmacs"]))).any()
+        assert dominated != (row["arch"] in set(union["arch"])), row["arch"]
+    assert (res / "stage2" / "fronts.png").stat().st_size > 1000
     stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
     assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
-    stage2 = pd.read_parquet(res / "stage2" / "gen1" / "population.parquet")
+    stage2 = pd.concat([pd.read_parquet(res / "stage2" / g / "gen1" / "population.parquet") for g in groups])
     assert stage2["arch"].str.match(r"^(basicblock|bottleneck|Xbottleneck|invres)_").all()
     # stage two searched inside the stage-one front's structures (same neck levels, RPN, head, size)
     front1 = {_structure(a) for a in pd.read_parquet(res / "stage1" / "front.parquet")["arch"]}
@@ -72,7 +79,7 @@ def test_whole_workflow_tables(full_run):
         assert trained["spans"][-1][1] <= timed[0][0] < timed[0][1] <= evaluated[0][0] < evaluated[0][1]
 
 
-def _check_tables_agree(stage_dir: Path, gens: int, cost: str) -> None:
+def _check_tables_agree(stage_dir: Path, candidates: Path, gens: int, cost: str) -> None:
     """The generation tables, the candidate folders and the front tell one story."""
     pops = [pd.read_parquet(stage_dir / f"gen{g}" / "population.parquet") for g in range(gens)]
     for g in range(gens):
@@ -81,7 +88,7 @@ def _check_tables_agree(stage_dir: Path, gens: int, cost: str) -> None:
         # every candidate trained is in the population, with the metrics its folder holds
         pop = pops[g].set_index("arch")
         for arch, hash_ in zip(pending["arch"], pending["hash"]):
-            folder = stage_dir / "candidates" / hash_
+            folder = candidates / hash_
             assert (folder / "arch.txt").read_text().strip() == arch
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["arch"] == arch and pop.loc[arch, "status"] == metrics["status"]
@@ -103,7 +110,7 @@ def _check_tables_agree(stage_dir: Path, gens: int, cost: str) -> None:
             deepest = int(counts.index[(counts >= n).argmax()]) if (counts >= n).any() else int(counts.index[-1])
             ranks = prev.loc[list(set(table["parent"])), "front_rank"]
             assert ((ranks >= 0) & (ranks <= deepest)).all(), ranks
-        # a pruned row names models evaluated before it
+        # a pruned row names models evaluated before it in its own search (never another group's)
         for reason in table.loc[table["status"] == "pruned", "reason"]:
             m = re.match(r"partial order pruning: contained in (\S+) .*; (\S+) has acc", reason)
             assert m and g > 0, reason
@@ -141,7 +148,8 @@ def test_report_html(full_run):
     # the report embeds each stage's front plot and the final metrics table byte for byte
     import base64
 
-    for path in ("stage1/fronts.png", "stage2/fronts.png", "analysis/final_metrics.csv"):
+    for path in ("stage1/fronts.png", "stage2/fronts.png", "stage2/C0/fronts.png", "stage2/C1/fronts.png",
+                 "analysis/final_metrics.csv"):
         data = base64.b64encode((full_run / "results" / path).read_bytes()).decode()
         assert data[:2000] in html, path
 

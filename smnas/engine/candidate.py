@@ -21,13 +21,14 @@ import torch
 
 from smnas.data.coco import load_coco
 from smnas.data.dataset import DetectionDataset
+from smnas.engine.cost import detector_cost
 from smnas.engine.device_lock import DeviceLock
 from smnas.engine.inference import predict
-from smnas.engine.measure import count_macs, count_params, measure_latency
+from smnas.engine.measure import measure_latency
 from smnas.engine.train import TrainConfig, train
 from smnas.evaluation import coco_evaluate, voc_map50, write_detections
 from smnas.io import atomic_path, atomic_write_json
-from smnas.models.build import DetectorOptions, build_detector, build_features
+from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.spec import DetectorSpec
 
 log = logging.getLogger(__name__)
@@ -48,40 +49,6 @@ class DataPaths:
         root = Path(root)
         return cls(str(root / "annotations/instances_train.json"), str(root / "train"),
                    str(root / "annotations/instances_val.json"), str(root / "val"))
-
-
-def model_cost(spec: DetectorSpec, num_classes: int) -> dict[str, Any]:
-    """Parameters and MACs of the backbone alone and of the whole detector at ``spec.input_size``.
-
-    MACs of the whole detector count the backbone, neck and heads on one image (RoI ops that the
-    counter does not know are left out); ``backbone_*`` exclude any classifier. The RoI heads'
-    share depends on how many proposals survive NMS, so weights and image come from a fixed
-    seed: the same spec always gets the same figure.
-    """
-    width, height = spec.input_size
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        image = torch.rand(3, height, width)
-        backbone = build_features(spec).body
-        detector = build_detector(spec, DetectorOptions(num_classes=num_classes))
-    return {
-        "spec": str(spec),
-        "backbone_params": count_params(backbone),
-        "backbone_gmacs": count_macs(backbone, image[None]) / 1e9,
-        "params": count_params(detector),
-        "gmacs": count_macs(detector, [image]) / 1e9,
-    }
-
-
-def backbone_cost(encoding: str, input_size: tuple[int, int], norm: str = "bn") -> dict[str, Any]:
-    """Parameters and MACs of a backbone encoding alone at ``input_size`` (width, height)."""
-    from smnas.models.backbones import build_backbone
-
-    width, height = input_size
-    backbone = build_backbone(encoding, norm=norm)
-    params = count_params(backbone)
-    gmacs = count_macs(backbone, torch.rand(1, 3, height, width)) / 1e9
-    return {"spec": encoding, "backbone_params": params, "backbone_gmacs": gmacs, "params": params, "gmacs": gmacs}
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -206,7 +173,7 @@ def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions,
                            "train_seconds": trained["seconds"], "epochs": trained["epochs"]}
     lock, start = DeviceLock(device), time.time()
     with lock.shared():
-        row.update({k: v for k, v in model_cost(spec, opts.num_classes).items() if k != "spec"})
+        row.update({k: v for k, v in detector_cost(spec, opts).items() if k != "spec"})
     latency = workdir / "latency.json"
     if latency.exists():
         row.update({k: v for k, v in json.loads(latency.read_text()).items() if k in ("latency_ms", "device")})

@@ -24,7 +24,7 @@ from smnas.errors import SmnasError, SpecError
 from smnas.models.spec import DetectorSpec, parse_spec
 from smnas.search.mutation import mutate_stage1, mutate_stage2
 from smnas.search.pruning import PartialOrderPruner
-from smnas.search.seeding import pick_structures, seed_spec
+from smnas.search.seeding import seed_spec
 from smnas.search.space import StageOneSpace, StageTwoSpace
 
 log = logging.getLogger(__name__)
@@ -161,19 +161,18 @@ def initial_generation(
     seed: int,
     *,
     space1: StageOneSpace | None = None,
-    front: pd.DataFrame | None = None,
+    structures: list[DetectorSpec] | None = None,
     space2: StageTwoSpace | None = None,
-    front_cost: str = "latency_ms",
     evaluated: set[str] | frozenset[str] = frozenset(),
     cost: Cost | None = None,
 ) -> list[dict[str, Any]]:
-    """Generation 0 of a stage.
+    """Generation 0 of a stage (or of one stage-two group).
 
     Stage one (``space1`` given): ``n`` specs sampled uniformly from the space
     (:meth:`StageOneSpace.sample` with ``seed``), skipping ``evaluated`` ones.
-    Stage two (``front`` and ``space2`` given): the seed specs (:func:`seed_spec`) of the
-    ``space2.structures`` structures picked along the stage-one front by ``front_cost``, then
-    mutations of them, seeds in turn, up to ``n`` (at most ``n`` seeds are kept).
+    Stage two (``structures`` and ``space2`` given): the seed spec (:func:`seed_spec`) of each
+    structure, then mutations of them, seeds in turn, up to ``n`` (at most ``n`` seeds are kept).
+    A stage-two group has one structure (:func:`smnas.search.seeding.stage2_groups`).
 
     Returns:
         Rows as :func:`next_generation`'s (status "pending", parent "" or the stage-one
@@ -182,10 +181,10 @@ def initial_generation(
     if space1 is not None:
         specs = space1.sample(min(space1.size(), n + len(evaluated)), seed=seed)
         rows = [_row(s, "", stage, 0) for s in specs if str(s) not in evaluated][:n]
-    elif front is not None and space2 is not None:
-        rows = _stage2_initial(stage, n, seed, front, space2, front_cost, evaluated)
+    elif structures is not None and space2 is not None:
+        rows = _stage2_initial(stage, n, seed, structures, space2, evaluated)
     else:
-        raise SmnasError("initial_generation needs space1 (stage one) or front and space2 (stage two)")
+        raise SmnasError("initial_generation needs space1 (stage one) or structures and space2 (stage two)")
     if len(rows) < n:
         log.warning("%s generation 0: only %d of %d candidates (space exhausted)", stage, len(rows), n)
     for row in rows if cost is not None else ():
@@ -193,10 +192,10 @@ def initial_generation(
     return rows
 
 
-def _stage2_initial(stage: str, n: int, seed: int, front: pd.DataFrame, space2: StageTwoSpace,
-                    front_cost: str, evaluated: set[str] | frozenset[str]) -> list[dict[str, Any]]:
+def _stage2_initial(stage: str, n: int, seed: int, structures: list[DetectorSpec], space2: StageTwoSpace,
+                    evaluated: set[str] | frozenset[str]) -> list[dict[str, Any]]:
     taken, rows, seeds = set(evaluated), [], []
-    for structure in pick_structures(front, space2.structures, front_cost):
+    for structure in structures:
         spec = seed_spec(structure, space2)
         if spec in seeds:  # two structures may differ only in what stage two replaces
             continue

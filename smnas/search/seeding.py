@@ -120,3 +120,27 @@ def seed_spec(structure: DetectorSpec, space2: StageTwoSpace) -> DetectorSpec:
         channels = min(space2.fpn_channels, key=lambda c: (abs(c - neck.channels), c))
         neck = replace(neck, channels=channels)
     return replace(structure, backbone=BackboneSpec(str(enc)), neck=neck, norm=space2.norm).validate()
+
+
+def stage2_groups(front_df: pd.DataFrame, space2: StageTwoSpace, cost: str = "latency_ms") -> pd.DataFrame:
+    """The stage-two groups: structures spread along the stage-one front, one search each.
+
+    The paper takes six structures C0..C5 from the stage-one front and searches each as its own
+    group, with its own population, front and pruning. Structures whose seeds coincide (they
+    differ only in what stage two replaces) make one group.
+
+    Args:
+        front_df: the ranked stage-one table (see :func:`pick_structures`).
+        space2: the stage-two space (``structures`` says how many groups at most).
+        cost: the stage-one cost column.
+
+    Returns:
+        Columns group (``C0``, ``C1``, ... cheapest first), structure (the stage-one arch) and
+        seed (its stage-two seed spec).
+    """
+    rows: list[dict[str, str]] = []
+    for structure in pick_structures(front_df, space2.structures, cost):
+        seed = str(seed_spec(structure, space2))
+        if seed not in {r["seed"] for r in rows}:
+            rows.append({"group": f"C{len(rows)}", "structure": str(structure), "seed": seed})
+    return pd.DataFrame(rows, columns=["group", "structure", "seed"])

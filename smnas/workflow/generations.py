@@ -1,8 +1,9 @@
 """A search generation's tables: the candidates it samples, and the population it ranks.
 
-    table = sample_generation("stage2", 1, settings, seed=0, population=previous, out=...)
+    table = sample_generation("stage2", 1, settings, seed=0, population=previous, group="C0", cost=...)
     write_arch_files(table, "results/stage2/candidates")   # what each candidate's jobs read
-    rank_generation(candidates, metrics, previous, cost="backbone_gmacs", out=...)
+    population = rank_generation(candidates, metrics, previous, cost="gmacs")
+    union = union_front(group_fronts, cost="gmacs")       # stage two's front over its groups
 """
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from smnas.io import atomic_open
-from smnas.models.spec import spec_hash
+from smnas.models.spec import DetectorSpec, parse_spec, spec_hash
 from smnas.search.space import StageOneSpace, StageTwoSpace
-from smnas.search.tables import make_table, rank_population, write_table
+from smnas.search.tables import make_table, rank_population
 
 log = logging.getLogger(__name__)
 
@@ -26,40 +27,43 @@ log = logging.getLogger(__name__)
 class StageSettings:
     """What the sample step of a stage reads from the config: its budget, space and cost."""
 
-    population: int  # candidates trained per generation
+    population: int  # candidates trained per generation (per group in stage two)
     space: StageOneSpace | StageTwoSpace
     cost: str  # the cost column minimised beside mAP (latency_ms, gmacs, backbone_gmacs)
 
 
 def sample_generation(stage: str, generation: int, settings: StageSettings, seed: int,
-                      population: str | Path | None = None, stage1_front: str | Path | None = None,
-                      stage1_cost: str = "latency_ms") -> pd.DataFrame:
+                      population: str | Path | None = None, group: str = "", structure: str | None = None,
+                      cost: Callable[[DetectorSpec], float] | None = None) -> pd.DataFrame:
     """Generation ``generation``'s candidates (the workflow's sample/mutate step).
 
-    Stage one, g = 0: a seeded sample of the space. Stage two, g = 0: the stage-one front's
-    structures with their backbones as encodings, and mutations of them. g > 0: mutations of the
-    front of generation g-1 (``population``, ranked), never an architecture evaluated before;
-    stage two applies Partial Order Pruning (pruned rows are kept, with the reason, and are not
-    trained).
+    Stage one, g = 0: a seeded sample of the space. Stage two, g = 0 of group ``group``: the
+    group's stage-one ``structure`` with its backbone as an encoding, and mutations of it. g > 0:
+    mutations of the front of generation g-1 (``population``, ranked: in stage two the group's
+    own), never an architecture evaluated before. With ``cost`` (stage two), Partial Order
+    Pruning judges each child against the same population, so against its own group only
+    (pruned rows are kept, with the reason, and are not trained).
 
     Returns:
         The candidates table (:func:`candidates_table`).
     """
-    from smnas.engine.cost import backbone_gmacs
     from smnas.search.evolution import initial_generation, mutator, next_generation
 
     n, space = settings.population, settings.space
-    cost = backbone_gmacs if isinstance(space, StageTwoSpace) and settings.cost == "backbone_gmacs" else None
+    key = f"{stage}/{group}" if group else stage  # each group draws its own random numbers
     if generation == 0 and isinstance(space, StageOneSpace):
-        rows = initial_generation(stage, n, seed, space1=space)
+        rows = initial_generation(key, n, seed, space1=space)
     elif generation == 0:
-        front = pd.read_parquet(stage1_front)
-        rows = initial_generation(stage, n, seed, front=front, space2=space, front_cost=stage1_cost, cost=cost)
+        if structure is None:
+            raise ValueError("stage two's generation 0 needs its group's stage-one structure")
+        rows = initial_generation(key, n, seed, structures=[parse_spec(structure)], space2=space, cost=cost)
     else:
         pop = pd.read_parquet(population)
-        rows = next_generation(pop, stage, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost)
+        rows = next_generation(pop, key, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost)
+    for row in rows:
+        row.update(stage=stage, group=group)
     table = candidates_table(rows)
-    log.info("%s generation %d: %d pending, %d pruned", stage, generation,
+    log.info("%s generation %d: %d pending, %d pruned", key, generation,
              (table["status"] == "pending").sum(), (table["status"] == "pruned").sum())
     for _, row in table[table["status"] == "pruned"].iterrows():
         log.info("pruned %s: %s", row["arch"], row["reason"])
@@ -67,8 +71,9 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
 
 
 def candidates_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows with arch/stage/generation/parent/status/reason(/cost), plus the folder hash."""
-    df = pd.DataFrame(rows, columns=["arch", "stage", "generation", "parent", "status", "reason", "cost"])
+    """Rows with arch/stage/group/generation/parent/status/reason(/cost), plus the folder hash."""
+    df = pd.DataFrame(rows, columns=["arch", "stage", "group", "generation", "parent", "status", "reason", "cost"])
+    df["group"] = [g if isinstance(g, str) else "" for g in df["group"]]
     df["generation"] = df["generation"].astype(int)
     df["hash"] = [spec_hash(a) for a in df["arch"]]
     df["cost"] = df["cost"].astype(float)
@@ -102,13 +107,21 @@ def rank_generation(candidates: str | Path, metrics: list[str | Path], previous:
     for path in metrics:
         row = json.loads(Path(path).read_text())
         info = meta.loc[row["arch"]]
-        row.update(stage=info["stage"], generation=int(info["generation"]), parent=info["parent"])
+        row.update(stage=info["stage"], group=info["group"], generation=int(info["generation"]), parent=info["parent"])
         rows.append(row)
     for _, pruned in table[table["status"] == "pruned"].iterrows():
-        rows.append({k: pruned[k] for k in ("arch", "stage", "generation", "parent", "status", "reason")}
+        rows.append({k: pruned[k] for k in ("arch", "stage", "group", "generation", "parent", "status", "reason")}
                     | ({cost: pruned["cost"]} if "cost" in pruned and pd.notna(pruned["cost"]) else {}))
     new = make_table(rows)
     frames = [pd.read_parquet(p) for p in previous] + [new]
     population = pd.concat([f for f in frames if len(f)], ignore_index=True)
     return rank_population(population, cost)
 
+
+def union_front(fronts: list[pd.DataFrame], cost: str) -> pd.DataFrame:
+    """The non-dominated set of several fronts (stage two's groups), ranked again, cheapest first."""
+    frames = [f for f in fronts if len(f)]
+    if not frames:
+        raise ValueError("no group has an evaluated model: stage two has no front")
+    both = rank_population(pd.concat(frames, ignore_index=True), cost)
+    return both[both["front_rank"] == 0].sort_values([cost, "arch"]).reset_index(drop=True)

@@ -68,18 +68,47 @@ def convert_bdd(labels: str, json: str, images: str) -> None:
 
 # ---- a generation --------------------------------------------------------------------------
 
-def sample(population: list[str], stage1_front: str | list[str], table: str, stage: str, generation: int,
-           seed: int, settings: dict[str, Any], stage1_cost: str, candidates_dir: str) -> None:
-    """Write generation ``generation``'s candidates table and each pending candidate's arch.txt."""
+def sample(population: list[str], groups: str | list[str], train_json: str, table: str, stage: str, group: str,
+           generation: int, seed: int, settings: dict[str, Any], detector: dict[str, Any],
+           candidates_dir: str) -> None:
+    """Write a generation's candidates table and each pending candidate's arch.txt.
+
+    Stage two reads its group's structure from ``groups`` (generation 0) and prunes by the cost
+    ``settings["cost"]`` computed for ``train_json``'s classes and the ``detector`` options.
+    """
+    import pandas as pd
+
+    from smnas.engine.cost import search_cost
     from smnas.search.tables import write_table
-    from smnas.workflow.config import search_space
+    from smnas.workflow.config import detector_options, search_space
     from smnas.workflow.generations import StageSettings, sample_generation, write_arch_files
 
     typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"])
-    df = sample_generation(stage, generation, typed, seed, population=_one(population),
-                           stage1_front=_one(stage1_front), stage1_cost=stage1_cost)
+    structure, cost = None, None
+    if stage == "stage2":
+        opts = detector_options({"detector": detector}, _num_classes(train_json))
+        cost = None if typed.cost == "latency_ms" else search_cost(typed.cost, opts)  # latency: no POP
+        if generation == 0:
+            table_ = pd.read_parquet(_one(groups)).set_index("group")
+            structure = table_.loc[group, "structure"]
+    df = sample_generation(stage, generation, typed, seed, population=_one(population), group=group,
+                           structure=structure, cost=cost)
     write_arch_files(df, candidates_dir)
     write_table(df, table)
+
+
+def groups(stage1_front: str, groups: str, space: dict[str, Any], stage1_cost: str) -> None:
+    """Stage two's groups: structures spread along the stage-one front, one search each."""
+    import pandas as pd
+
+    from smnas.search.seeding import stage2_groups
+    from smnas.search.tables import write_table
+    from smnas.workflow.config import search_space
+
+    table = stage2_groups(pd.read_parquet(stage1_front), search_space("stage2", space), stage1_cost)
+    for row in table.itertuples():
+        log.info("group %s: %s (seed %s)", row.group, row.structure, row.seed)
+    write_table(table, groups)
 
 
 def rank(candidates: str, metrics: list[str], previous: list[str], population: str, cost: str) -> None:
@@ -91,10 +120,25 @@ def rank(candidates: str, metrics: list[str], previous: list[str], population: s
 
 
 def front(populations: list[str], front: str, plot: str, cost: str, title: str) -> None:
-    """The stage's Pareto front table and the plot of its fronts by generation."""
+    """A search's Pareto front table and the plot of its fronts by generation."""
     from smnas.report import write_front
 
     write_front(populations, cost, front, plot, title)
+
+
+def union_front(fronts: list[str], front: str, plot: str, cost: str) -> None:
+    """Stage two's front: the non-dominated set of its groups' fronts; each group's front and the
+    union on one plot (the paper's Figure 4, per group)."""
+    import pandas as pd
+
+    from smnas.report import plot_group_fronts
+    from smnas.search.tables import write_table
+    from smnas.workflow.generations import union_front as union
+
+    tables = [pd.read_parquet(f) for f in fronts]
+    both = union(tables, cost)
+    write_table(both, front)
+    plot_group_fronts(tables, both, cost, plot)
 
 
 # ---- one model -----------------------------------------------------------------------------
