@@ -16,7 +16,8 @@ GPU = 1 if config["device"].startswith("cuda") else 0
 
 wildcard_constraints:
     stage="stage1|stage2",
-    search=r"stage1|stage2/C\d+",  # stage one, or one stage-two group
+    search=r"(random/)?(stage1|stage2/C\d+)",  # stage one or one stage-two group; random/: the baseline
+    pre=r"(random/)?",
     gen=r"\d+",
     hash="[0-9a-f]{12}",
     name=r"front\d+|E\d",
@@ -28,19 +29,24 @@ def last_gen(stage):
 
 
 def stage_of(search):
-    """stage1 -> stage1; stage2/C3 -> stage2."""
-    return search.partition("/")[0]
+    """stage1 -> stage1; stage2/C3 -> stage2; random/stage2/C3 -> stage2."""
+    return search.removeprefix("random/").partition("/")[0]
 
 
-def stage2_groups():
+def prefix_of(search):
+    """"random/" for the random-search baseline's searches, "" for the evolution's."""
+    return "random/" if search.startswith("random/") else ""
+
+
+def stage2_groups(pre=""):
     """The stage-two groups (C0, C1, ...): a checkpoint, decided by the stage-one front."""
     import pandas as pd
 
-    return pd.read_parquet(checkpoints.groups.get().output.groups)["group"].tolist()
+    return pd.read_parquet(checkpoints.groups.get(pre=pre).output.groups)["group"].tolist()
 
 
-def group_fronts(wildcards=None):
-    return [f"results/stage2/{g}/front.parquet" for g in stage2_groups()]
+def group_fronts(wildcards):
+    return [f"results/{wildcards.pre}stage2/{g}/front.parquet" for g in stage2_groups(wildcards.pre)]
 
 
 def last_populations(wildcards=None):
@@ -108,7 +114,7 @@ def transfer_targets(dataset):
 def final_front(wildcards):
     """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
     if wildcards.name.startswith("front"):
-        return checkpoints.stage2_front.get().output.front
+        return checkpoints.stage2_front.get(pre="").output.front
     return []
 
 

@@ -16,14 +16,14 @@
 checkpoint groups:
     """Stage two's groups: structures spread along the stage-one front (a checkpoint)."""
     input:
-        stage1_front="results/stage1/front.parquet",
+        stage1_front="results/{pre}stage1/front.parquet",
     output:
-        groups="results/stage2/groups.parquet",
+        groups="results/{pre}stage2/groups.parquet",
     params:
         space=config["stage2"]["space"],
         stage1_cost=config["stage1"]["cost"],
     log:
-        "results/logs/stage2/groups.log",
+        "results/logs/{pre}stage2/groups.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
@@ -35,19 +35,20 @@ checkpoint sample:
     """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation."""
     input:
         population=previous_population,
-        groups=lambda wc: "results/stage2/groups.parquet" if wc.search != "stage1" and wc.gen == "0" else [],
+        groups=lambda wc: f"results/{prefix_of(wc.search)}stage2/groups.parquet" if stage_of(wc.search) == "stage2" else [],
         train_json=search_data()["train_json"],  # the class count, for stage two's cost
     output:
         table="results/{search}/gen{gen}/candidates.parquet",
     params:
         stage=lambda wc: stage_of(wc.search),
-        group=lambda wc: wc.search.partition("/")[2],
+        group=lambda wc: wc.search.removeprefix("random/").partition("/")[2],
         generation=lambda wc: int(wc.gen),
         seed=config["seed"],
         # only what sampling reads, so an edit elsewhere (training lr, say) does not resample
         settings=lambda wc: {k: config[stage_of(wc.search)][k] for k in ("population", "space", "cost")},
         detector=config["detector"],
         candidates_dir=lambda wc: f"results/{stage_of(wc.search)}/candidates",
+        strategy=lambda wc: "random" if prefix_of(wc.search) else "evolution",
     log:
         "results/logs/{search}/gen{gen}/sample.log",
     localrule: True
@@ -188,13 +189,13 @@ checkpoint stage2_front:
     input:
         fronts=group_fronts,
     output:
-        front="results/stage2/front.parquet",
-        plot=report("results/stage2/fronts.png", category="Search", subcategory="stage2",
+        front="results/{pre}stage2/front.parquet",
+        plot=report("results/{pre}stage2/fronts.png", category="Search", subcategory="{pre}stage2",
                     caption="../report/groups.rst"),
     params:
         cost=config["stage2"]["cost"],
     log:
-        "results/logs/stage2/front.log",
+        "results/logs/{pre}stage2/front.log",
     localrule: True
     conda:
         "../envs/smnas.yaml"
@@ -212,3 +213,11 @@ rule stage2:
     """Target: the modular search, one group per structure of the stage-one front."""
     input:
         "results/stage2/front.parquet",
+
+
+rule random_search:
+    """Target: the random-search baseline, same spaces, budget and training as the evolution
+    (generation 0 shared; later ones drawn uniformly), in results/random/."""
+    input:
+        "results/random/stage1/front.parquet",
+        "results/random/stage2/front.parquet",

@@ -195,3 +195,21 @@ def test_bad_config_fails_before_any_job(tmp_path):
     proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(bad), "-n"], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown_key" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_random_search_baseline(full_run):
+    """Same spaces and budget: generation 0 is the evolution's (already trained, found by hash),
+    later generations are uniform draws with no parent; stage two in groups of its own front."""
+    run(full_run, "random_search")
+    res = full_run / "results"
+    for search in ("stage1", "stage2/C0"):
+        evo = pd.read_parquet(res / search / "gen0" / "candidates.parquet")
+        rnd = pd.read_parquet(res / "random" / search / "gen0" / "candidates.parquet")
+        if search == "stage1":
+            assert rnd["arch"].tolist() == evo["arch"].tolist()
+        later = pd.read_parquet(res / "random" / search / "gen1" / "candidates.parquet")
+        assert (later["parent"] == "").all() and not set(later["arch"]) & set(rnd["arch"])
+        assert len(later) == len(evo)
+    assert sorted(p.name for p in (res / "random" / "stage2").glob("C*")) == ["C0", "C1"]
+    union = pd.read_parquet(res / "random" / "stage2" / "front.parquet")
+    assert len(union) >= 1 and (union["front_rank"] == 0).all()

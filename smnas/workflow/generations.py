@@ -30,6 +30,7 @@ class StageSettings:
     population: int  # candidates trained per generation (per group in stage two)
     space: StageOneSpace | StageTwoSpace
     cost: str  # the cost column minimised beside mAP (latency_ms, gmacs, backbone_gmacs)
+    strategy: str = "evolution"  # or "random": generations g > 0 drawn uniformly (the baseline)
 
 
 def sample_generation(stage: str, generation: int, settings: StageSettings, seed: int,
@@ -40,7 +41,8 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
     Stage one, g = 0: a seeded sample of the space. Stage two, g = 0 of group ``group``: the
     group's stage-one ``structure`` with its backbone as an encoding, and mutations of it. g > 0:
     mutations of the front of generation g-1 (``population``, ranked: in stage two the group's
-    own), never an architecture evaluated before. With ``cost`` (stage two), Partial Order
+    own), never an architecture evaluated before; with ``settings.strategy == "random"``, uniform
+    draws from the space (stage two: inside ``structure``) instead. With ``cost`` (stage two), Partial Order
     Pruning judges each child against the same population, so against its own group only
     (pruned rows are kept, with the reason, and are not trained).
 
@@ -48,6 +50,7 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
         The candidates table (:func:`candidates_table`).
     """
     from smnas.search.evolution import initial_generation, mutator, next_generation
+    from smnas.search.random_search import random_generation
 
     n, space = settings.population, settings.space
     key = f"{stage}/{group}" if group else stage  # each group draws its own random numbers
@@ -57,6 +60,11 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
         if structure is None:
             raise ValueError("stage two's generation 0 needs its group's stage-one structure")
         rows = initial_generation(key, n, seed, structures=[parse_spec(structure)], space2=space, cost=cost)
+    elif settings.strategy == "random":  # generation 0 is shared with the evolution: a paired comparison
+        seen = set(pd.read_parquet(population)["arch"])
+        first = None if isinstance(space, StageOneSpace) else parse_spec(structure)
+        rows = random_generation(key, generation, n, seed, space1=space if first is None else None,
+                                 space2=None if first is None else space, structure=first, evaluated=seen)
     else:
         pop = pd.read_parquet(population)
         rows = next_generation(pop, key, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost)

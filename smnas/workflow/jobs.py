@@ -70,10 +70,11 @@ def convert_bdd(labels: str, json: str, images: str) -> None:
 
 def sample(population: list[str], groups: str | list[str], train_json: str, table: str, stage: str, group: str,
            generation: int, seed: int, settings: dict[str, Any], detector: dict[str, Any],
-           candidates_dir: str) -> None:
+           candidates_dir: str, strategy: str = "evolution") -> None:
     """Write a generation's candidates table and each pending candidate's arch.txt.
 
-    Stage two reads its group's structure from ``groups`` (generation 0) and prunes by the cost
+    ``strategy`` is "evolution", or "random" for the random-search baseline. Stage two reads its
+    group's structure from ``groups`` and prunes by the cost
     ``settings["cost"]`` computed for ``train_json``'s classes and the ``detector`` options.
     """
     import pandas as pd
@@ -83,14 +84,13 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
     from smnas.workflow.config import detector_options, search_space
     from smnas.workflow.generations import StageSettings, sample_generation, write_arch_files
 
-    typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"])
+    typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"],
+                          strategy)
     structure, cost = None, None
     if stage == "stage2":
         opts = detector_options({"detector": detector}, _num_classes(train_json))
         cost = None if typed.cost == "latency_ms" else search_cost(typed.cost, opts)  # latency: no POP
-        if generation == 0:
-            table_ = pd.read_parquet(_one(groups)).set_index("group")
-            structure = table_.loc[group, "structure"]
+        structure = pd.read_parquet(_one(groups)).set_index("group").loc[group, "structure"]
     df = sample_generation(stage, generation, typed, seed, population=_one(population), group=group,
                            structure=structure, cost=cost)
     write_arch_files(df, candidates_dir)
