@@ -1,6 +1,9 @@
 """The ``smnas`` command line. ``smnas SUBCOMMAND --help`` explains each one.
 
     smnas make-dataset data/synthetic --seed 0
+    smnas make-classification data/shapes-cls --seed 0
+    smnas pretrain resnet18 --width 0.25 --data data/shapes-cls --out-weights resnet18@0.25.pt --workdir w
+    torchrun --standalone --nproc-per-node 4 -m smnas.cli pretrain resnet50 --device cuda ...
     smnas convert voc VOCdevkit --year 2007 --split test --out voc07_test.json
     smnas convert bdd det_val.json --images bdd100k/images/100k/val --out bdd_val.json
     smnas evaluate --gt instances_val.json --dets detections.json --json
@@ -38,6 +41,37 @@ def cmd_make_dataset(args: argparse.Namespace) -> None:
         print(f"{key}\t{path}")
 
 
+def cmd_make_classification(args: argparse.Namespace) -> None:
+    from smnas.data.classification import make_classification_dataset
+
+    paths = make_classification_dataset(args.out_dir, seed=args.seed, num_train=args.num_train,
+                                        num_val=args.num_val, image_size=args.size, variant=args.variant,
+                                        background=not args.no_background, progress=not args.quiet)
+    for key, path in sorted(paths.items()):
+        print(f"{key}\t{path}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from smnas.engine.distributed import dist_env, shutdown_distributed
+    from smnas.engine.pretrain import PretrainConfig, pretrain_backbone
+
+    keys = ("epochs", "batch_size", "lr", "lr_min", "momentum", "weight_decay", "warmup_iters", "schedule",
+            "milestones", "gamma", "seed", "num_workers", "image_size", "crop_scale", "label_smoothing")
+    values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.no_augment:
+        values["augment"] = False
+    if args.grad_clip is not None:
+        values["grad_clip"] = args.grad_clip if args.grad_clip > 0 else None
+    cfg = PretrainConfig.from_dict(values, "options")
+    try:
+        metrics = pretrain_backbone(args.backbone, args.width, args.data, args.out_weights, args.workdir, cfg,
+                                    device=args.device, norm=args.norm, out_metrics=args.metrics)
+    finally:
+        shutdown_distributed()
+    if dist_env().is_main:  # every process has the metrics; one prints them
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("history", "train")}, indent=2))
+
+
 def cmd_convert_voc(args: argparse.Namespace) -> None:
     from smnas.data.coco import write_coco
     from smnas.data.voc import voc_image_dir, voc_to_coco
@@ -73,19 +107,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_describe(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from smnas.engine.candidate import backbone_cost, model_cost
+    from smnas.engine.cost import backbone_cost, detector_cost
+    from smnas.models.build import DetectorOptions
     from smnas.models.encoding import is_encoding
     from smnas.models.spec import parse_spec
 
     if is_encoding(args.spec):
         if args.size is None:
             raise SmnasError(f"{args.spec} is a backbone encoding: give the input size with --size WxH")
-        info = backbone_cost(args.spec, args.size, args.norm)
+        info = backbone_cost(args.spec, args.size)
     else:
         spec = parse_spec(args.spec)
         if args.size is not None:
             spec = replace(spec, input_size=args.size)
-        info = model_cost(spec, args.num_classes)
+        info = detector_cost(spec, DetectorOptions(num_classes=args.num_classes))
     if args.json:
         print(json.dumps(info))
     else:
@@ -139,6 +174,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_make_dataset)
 
+    c = sub.add_parser("make-classification", help="write the built-in classification dataset (ImageFolder layout)",
+                       description="Write object crops of the built-in dataset's scenes, one folder per shape class "
+                                   "(and background), as OUT_DIR/{train,val}/CLASS/NNNNN.png, deterministically.")
+    c.add_argument("out_dir", type=Path, help="output folder; train/, val/ and dataset.json are made in it")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same files")
+    c.add_argument("--num-train", type=int, default=200, help="train crops per class (default 200)")
+    c.add_argument("--num-val", type=int, default=50, help="val crops per class (default 50)")
+    c.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    c.add_argument("--variant", choices=["coco", "voc", "bdd"], default="coco", help="visual domain (default coco)")
+    c.add_argument("--no-background", action="store_true", help="no background class (shapes only)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_make_classification)
+
+    pt = sub.add_parser("pretrain", help="pretrain a backbone as an image classifier (ImageFolder data)",
+                        description="Train a backbone + pooling + linear classifier on DATA/{train,val}/CLASS/*; "
+                                    "write the backbone's state_dict (loadable as DetectorOptions.backbone_weights) "
+                                    "and metrics.json (top-1/top-5 on val). Reruns resume. Under torchrun, "
+                                    "data-parallel: global batch = --batch-size x processes; the lr is not rescaled. "
+                                    "Unset options keep torchvision's ImageNet recipe (90 epochs, lr 0.1, "
+                                    "x0.1 at 30 and 60, 224 px).")
+    pt.add_argument("backbone", help="a named backbone (resnet18...) or an encoding (basicblock_16_1-21-21-12)")
+    pt.add_argument("--width", type=float, default=1.0, help="channel multiplier of a named backbone (default 1.0)")
+    pt.add_argument("--norm", choices=["bn", "gnws"], default="bn", help="normalisation (default bn)")
+    pt.add_argument("--data", required=True, type=Path, help="folder with train/ and val/, one sub-folder per class")
+    pt.add_argument("--out-weights", required=True, type=Path, help="the backbone's state_dict (.pt)")
+    pt.add_argument("--workdir", required=True, type=Path, help="checkpoints; reruns resume from it")
+    pt.add_argument("--metrics", type=Path, default=None, help="metrics JSON (default WORKDIR/metrics.json)")
+    pt.add_argument("--epochs", type=int)
+    pt.add_argument("--batch-size", type=int, help="per process")
+    pt.add_argument("--lr", type=float, help="peak lr (for the global batch)")
+    pt.add_argument("--lr-min", type=float, help="cosine floor")
+    pt.add_argument("--momentum", type=float)
+    pt.add_argument("--weight-decay", type=float)
+    pt.add_argument("--warmup-iters", type=int)
+    pt.add_argument("--grad-clip", type=float, help="max gradient norm; 0 for none (default none)")
+    pt.add_argument("--schedule", choices=["cosine", "step"])
+    pt.add_argument("--milestones", type=int, nargs="*", help="step schedule: epochs after which lr *= gamma")
+    pt.add_argument("--gamma", type=float)
+    pt.add_argument("--image-size", type=int, help="crop side (default 224)")
+    pt.add_argument("--crop-scale", type=float, nargs=2, metavar=("LO", "HI"), help="random crop area range")
+    pt.add_argument("--no-augment", action="store_true", help="no random crops or flips")
+    pt.add_argument("--label-smoothing", type=float)
+    pt.add_argument("--num-workers", type=int, help="data loading processes per training process")
+    pt.add_argument("--seed", type=int)
+    pt.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each process its own GPU)")
+    pt.set_defaults(func=cmd_pretrain)
+
     conv = sub.add_parser("convert", help="convert VOC or BDD100K labels to COCO JSON",
                           description="Convert a dataset's labels to a COCO instances JSON.")
     csub = conv.add_subparsers(dest="format", required=True, metavar="FORMAT")
@@ -172,7 +254,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("spec", help="a canonical spec (backbone+neck+rpn+head+WxH+norm) or a backbone encoding")
     d.add_argument("--size", type=_size, default=None, help="input WIDTHxHEIGHT (overrides the spec's; needed for an encoding)")
     d.add_argument("--num-classes", type=int, default=80, help="object classes for the head (default 80, COCO)")
-    d.add_argument("--norm", choices=["bn", "gnws"], default="bn", help="normalisation of a backbone encoding (default bn)")
     d.add_argument("--json", action="store_true", help="print one JSON object")
     d.set_defaults(func=cmd_describe)
 

@@ -83,7 +83,8 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
         first_line = (str(err).splitlines() or [type(err).__name__])[0]  # a bare MemoryError has no text
         result = {"status": "failed", "reason": f"out of memory: {first_line}", "epochs": 0,
                   "seconds": 0.0, "images_per_second": 0.0, "history": []}
-    result.update(arch=str(spec), num_classes=opts.num_classes, train=asdict(cfg))
+    # as plain JSON types (milestones: a list), so that the returned dict equals train.json
+    result.update(arch=str(spec), num_classes=opts.num_classes, train=json.loads(json.dumps(asdict(cfg))))
     with atomic_path(workdir / "model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
     atomic_write_json(workdir / "train.json", result, indent=2)

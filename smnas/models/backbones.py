@@ -72,8 +72,8 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    if isinstance(model, InvertedResidualBackbone):
-        state = _mobilenet_keys(state)
+    if isinstance(model, InvertedResidualBackbone) and any(k.startswith("features.") for k in state):
+        state = _mobilenet_keys(state)  # torchvision's mobilenet_v2; our own state_dicts load as they are
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
