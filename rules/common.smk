@@ -20,7 +20,8 @@ wildcard_constraints:
     pre=r"(random/)?",
     gen=r"\d+",
     hash="[0-9a-f]{12}",
-    name=r"front\d+|E\d",
+    name=r"front\d+|E\d|[a-z]+_[a-z0-9_]+",  # final: front0.., E0..E5; baselines: faster_r18_fpn, ...
+    kind="final|baselines",
     dataset="voc|bdd",
 
 
@@ -104,6 +105,10 @@ def final_names():
 
 def final_targets(wildcards=None):
     return [f"results/final/{n}/metrics.json" for n in final_names()]
+
+
+def baseline_targets(wildcards=None):
+    return [f"results/baselines/{n}/metrics.json" for n in config["baselines"]["models"]]
 
 
 def transfer_targets(dataset):

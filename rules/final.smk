@@ -1,6 +1,8 @@
 # Final models: architectures picked from the stage-two front (front0, front1, ...) and the
 # paper's named models E0..E5, switched from GN+WS to BatchNorm, trained longer with flip and
-# scale-jitter augmentation, evaluated with the official COCO metrics.
+# scale-jitter augmentation, evaluated with the official COCO metrics. Hand-designed baselines
+# (results/baselines/: Faster R-CNN, RetinaNet, Cascade R-CNN with ResNet-FPN backbones at the
+# search's scale) go through the same training, timing and evaluation: {kind} is final or baselines.
 
 
 rule final_arch:
@@ -24,22 +26,41 @@ rule final_arch:
         "../scripts/run.py"
 
 
+rule baseline_arch:
+    """A hand-designed detector at the search's scale (smnas.models.paper.BASELINES), in BN."""
+    output:
+        arch="results/baselines/{name}/arch.txt",
+    params:
+        name=lambda wc: wc.name,
+        width=config["stage1"]["space"]["width"],
+        fpn_channels=max(config["stage1"]["space"]["fpn_channels"]),
+        head_fc=config["stage1"]["space"]["head_fc"],
+        input_size=config["baselines"]["input_size"],
+    log:
+        "results/logs/baselines/{name}/arch.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"
+
+
 rule final_train:
     """Final training of one architecture (BN, long schedule, flip + scale jitter)."""
     input:
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
-        arch=rules.final_arch.output.arch,
+        arch="results/{kind}/{name}/arch.txt",
     output:
-        model="results/final/{name}/model.pt",
-        status="results/final/{name}/train.json",
+        model="results/{kind}/{name}/model.pt",
+        status="results/{kind}/{name}/train.json",
     params:
         data=search_data(),
         options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
     log:
-        "results/logs/final/{name}/train.log",
+        "results/logs/{kind}/{name}/train.log",
     benchmark:
-        "results/benchmarks/final/{name}.train.tsv"
+        "results/benchmarks/{kind}/{name}.train.tsv"
     threads: 1
     resources:
         gpu=GPU,
@@ -57,16 +78,16 @@ rule final_time:
         search_data()["val_json"],  # unnamed: a dependency; the images are timed
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_arch.output.arch,
+        arch="results/{kind}/{name}/arch.txt",
     output:
-        latency="results/final/{name}/latency.json",
+        latency="results/{kind}/{name}/latency.json",
     params:
         data=search_data(),
         options=lambda wc: stage_options("final"),
         runs=config["latency_runs"],
         num_images=config["latency_images"],
     log:
-        "results/logs/final/{name}/time.log",
+        "results/logs/{kind}/{name}/time.log",
     threads: 1
     resources:
         gpu=GPU,
@@ -83,16 +104,16 @@ rule final_evaluate:
     input:
         model=rules.final_train.output.model,
         status=rules.final_train.output.status,
-        arch=rules.final_arch.output.arch,
+        arch="results/{kind}/{name}/arch.txt",
         latency=rules.final_time.output.latency,
     output:
-        metrics="results/final/{name}/metrics.json",
+        metrics="results/{kind}/{name}/metrics.json",
     params:
         data=search_data(),
         options=lambda wc: stage_options("final"),
         metric="coco",
     log:
-        "results/logs/final/{name}/evaluate.log",
+        "results/logs/{kind}/{name}/evaluate.log",
     threads: 1
     resources:
         gpu=GPU,
@@ -108,3 +129,9 @@ rule final:
     """Target: every final model trained and evaluated."""
     input:
         final_targets,
+
+
+rule baselines:
+    """Target: the hand-designed baselines, trained, timed and evaluated like the final models."""
+    input:
+        baseline_targets,

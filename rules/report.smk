@@ -8,6 +8,7 @@ rule report_plots:
         "results/stage2/front.parquet",
         populations=last_populations,
         final=final_targets,
+        baselines=lambda wc: baseline_targets() if config["baselines"].get("in_all") else [],
         voc=lambda wc: transfer_targets("voc"),
         bdd=lambda wc: transfer_targets("bdd"),
     output:
@@ -16,6 +17,8 @@ rule report_plots:
         correlation_table="results/analysis/backbone_factors.csv",
         metrics=report("results/analysis/final_metrics.csv", category="Final models",
                        caption="../report/final.rst"),
+        speed_accuracy=report("results/analysis/speed_accuracy.png", category="Final models",
+                              caption="../report/speed_accuracy.rst"),
     log:
         "results/logs/report_plots.log",
     localrule: True

@@ -119,15 +119,44 @@ def plot_factor_correlations(corr: pd.DataFrame, path: str | Path) -> None:
 
 
 def metrics_table(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per final or transfer model from its metrics.json (kind taken from the path)."""
+    """One row per final, baseline or transfer model from its metrics.json (kind from the path)."""
     rows: list[dict[str, Any]] = []
     for path in paths:
         path = Path(path)
         row = json.loads(path.read_text())
-        kind = "final" if path.parts[-3] == "final" else f"transfer_{path.parts[-3]}"
+        kind = path.parts[-3] if path.parts[-3] in ("final", "baselines") else f"transfer_{path.parts[-3]}"
         rows.append({"kind": kind, "name": path.parent.name} | {k: row.get(k) for k in (
             "arch", "status", "map", "map50", "map75", "maps", "mapm", "mapl", "voc_map50", "latency_ms", "gmacs", "params")})
     return pd.DataFrame(rows)
+
+
+def plot_speed_accuracy(search: pd.DataFrame, models: pd.DataFrame, path: str | Path) -> None:
+    """mAP against measured latency: stage one's candidates and front (short training), and the
+    final models beside the hand-designed baselines (same recipe, same device, same run): the
+    figure the SM-NAS paper draws against FPN, RetinaNet and Cascade R-CNN.
+
+    Args:
+        search: a ranked stage-one population (arch, status, map, latency_ms, front_rank).
+        models: :func:`metrics_table` rows of kinds final and baselines.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    ok = search[(search["status"] == "ok") & search["latency_ms"].notna()]
+    ax.scatter(ok["latency_ms"], ok["map"], c="0.8", s=14, label="stage-one candidates (short training)")
+    front = ok[ok["front_rank"] == 0].sort_values("latency_ms")
+    ax.plot(front["latency_ms"], front["map"], "-", c="0.6", lw=1, label="stage-one front")
+    for kind, marker, colour in (("final", "*", "tab:red"), ("baselines", "s", "tab:blue")):
+        rows = models[(models["kind"] == kind) & (models["status"] == "ok")]
+        ax.scatter(rows["latency_ms"], rows["map"], marker=marker, s=90 if marker == "*" else 45, c=colour,
+                   label="searched, final recipe" if kind == "final" else "hand-designed, final recipe", zorder=3)
+        for _, r in rows.iterrows():
+            ax.annotate(r["name"], (r["latency_ms"], r["map"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel(COST_LABELS["latency_ms"])
+    ax.set_ylabel("COCO mAP (val)")
+    ax.set_title("speed and accuracy: searched vs hand-designed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

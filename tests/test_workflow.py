@@ -137,8 +137,18 @@ def test_final_and_transfer_metrics(full_run):
         bdd = json.loads((res / "transfer" / "bdd" / name / "metrics.json").read_text())
         assert bdd["arch"] == m["arch"] and 0 <= bdd["map"] <= 1
     table = pd.read_csv(res / "analysis" / "final_metrics.csv")
-    assert set(table["kind"]) == {"final", "transfer_voc", "transfer_bdd"} and len(table) == 6
+    assert set(table["kind"]) == {"final", "baselines", "transfer_voc", "transfer_bdd"} and len(table) == 8
     assert (res / "analysis" / "backbone_factors.png").exists()
+    # the hand-designed baselines at the search's scale, trained, timed and evaluated like final models
+    from smnas.models.baselines import baseline_spec
+
+    for name, expected in (("faster_r18_fpn", "resnet18@0.125+fpn:P1-P5:c16+rpn+2fc:32+64x48+bn"),
+                           ("retina_r50_fpn", "resnet50@0.125+fpn:P2-P6:c16+none+retina+64x48+bn")):
+        row = table[(table["kind"] == "baselines") & (table["name"] == name)].iloc[0]
+        assert row["arch"] == expected == str(baseline_spec(name, 0.125, 16, 32, (64, 48)))
+        assert row["status"] == "ok" and row["latency_ms"] > 0 and 0 <= row["map"] <= 1
+        assert json.loads((res / "baselines" / name / "train.json").read_text())["train"]["epochs"] == 1
+    assert (res / "analysis" / "speed_accuracy.png").stat().st_size > 1000
 
 
 def test_report_html(full_run):

@@ -228,15 +228,32 @@ def final_arch(front: str | list[str], arch: str, name: str, picks: int, cost: s
     log.info("final model %s: %s", name, spec)
 
 
-def report_plots(populations: list[str], final: list[str], voc: list[str], bdd: list[str], correlation: str,
-                 correlation_table: str, metrics: str) -> None:
-    """Backbone-factor correlations (stage-two population) and the final/transfer metrics table."""
+def baseline_arch(arch: str, name: str, width: float, fpn_channels: int, head_fc: int,
+                  input_size: list[int]) -> None:
+    """Write hand-designed baseline ``name``'s architecture at the search's scale."""
+    from smnas.io import atomic_open
+    from smnas.models.baselines import baseline_spec
+
+    spec = baseline_spec(name, width, fpn_channels, head_fc, tuple(input_size))
+    with atomic_open(arch) as f:
+        f.write(f"{spec}\n")
+    log.info("baseline %s: %s", name, spec)
+
+
+def report_plots(populations: list[str], final: list[str], baselines: list[str], voc: list[str], bdd: list[str],
+                 correlation: str, correlation_table: str, metrics: str, speed_accuracy: str) -> None:
+    """Backbone-factor correlations (all populations), the final/baseline/transfer metrics table,
+    and the speed/accuracy plot of the final models beside the baselines (when they ran)."""
     import pandas as pd
 
-    from smnas.report import factor_correlations, metrics_table, plot_factor_correlations, write_csv
+    from smnas.report import (
+        factor_correlations, metrics_table, plot_factor_correlations, plot_speed_accuracy, write_csv,
+    )
 
     population = pd.concat([pd.read_parquet(p) for p in populations], ignore_index=True)
     corr = factor_correlations(population)
     write_csv(corr, correlation_table)
     plot_factor_correlations(corr, correlation)
-    write_csv(metrics_table([*final, *voc, *bdd]), metrics)
+    table = metrics_table([*final, *baselines, *voc, *bdd])
+    write_csv(table, metrics)
+    plot_speed_accuracy(pd.read_parquet(populations[0]), table, speed_accuracy)
