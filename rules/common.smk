@@ -22,6 +22,7 @@ wildcard_constraints:
     hash="[0-9a-f]{12}",
     name=r"front\d+|E\d|[a-z]+_[a-z0-9_]+",  # final: front0.., E0..E5; baselines: faster_r18_fpn, ...
     kind="final|baselines",
+    key=r"[A-Za-z0-9_.@+\-]+",  # a backbone identity: resnet18@0.25+gnws, basicblock_16_1-21-21-12
     dataset="voc|bdd",
 
 
@@ -135,3 +136,40 @@ def transfer_data(dataset):
         "val_json": f"{DATA}/{dataset}/{val_split}.json",
         "val_images": images["val"],
     }
+
+
+def pretrain_data_root():
+    """The classification data pretraining reads: the built-in crops or an ImageNet tree."""
+    return config["pretrain"]["data"].get("imagenet") or f"{DATA}/classification"
+
+
+def pretrain_data_marker(wildcards):
+    return [] if config["pretrain"]["data"].get("imagenet") else f"{DATA}/classification/dataset.json"
+
+
+def init_weights(section, arch_path):
+    """The backbone weights a model of config section ``section`` starts from, as a list of at
+    most one path: [] from scratch; a pretraining stage's output; a torchvision file."""
+    from smnas.workflow.config import init_weights as weights_for
+
+    if config[section].get("init", "scratch") == "scratch":
+        return []
+    arch = Path(str(arch_path)).read_text().strip()
+    return weights_for(config[section]["init"], arch, config["detector"].get("backbone_weights") or {})
+
+
+def candidate_weights(wildcards):
+    """Stage one's candidates may start from pretrained backbones; stage two's train from scratch."""
+    if wildcards.stage != "stage1":
+        return []
+    return init_weights("stage1", f"results/stage1/candidates/{wildcards.hash}/arch.txt")
+
+
+def model_weights(wildcards):
+    """Final models and baselines start as config final.init says (their arch is a checkpoint)."""
+    get = checkpoints.final_arch if wildcards.kind == "final" else checkpoints.baseline_arch
+    return init_weights("final", get.get(name=wildcards.name).output.arch)
+
+
+def transfer_weights(wildcards):
+    return init_weights("final", checkpoints.final_arch.get(name=wildcards.name).output.arch)

@@ -56,3 +56,19 @@ rule convert_bdd:
         "../envs/smnas.yaml"
     script:
         "../scripts/run.py"
+
+
+rule make_classification:
+    """Classification crops of the built-in dataset's shapes (ImageFolder layout), for pretraining."""
+    output:
+        manifest=f"{DATA}/classification/dataset.json",
+    params:
+        seed=config["seed"],
+        builtin=lambda wc: config["pretrain"]["data"]["builtin"],
+    log:
+        "results/logs/make_classification.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"

@@ -5,7 +5,7 @@
 # search's scale) go through the same training, timing and evaluation: {kind} is final or baselines.
 
 
-rule final_arch:
+checkpoint final_arch:
     """The architecture of a final model: front{i} of the stage-two front or a paper model, in BN.
     Its own step, so transfer training starts beside final training, not after it."""
     input:
@@ -26,7 +26,7 @@ rule final_arch:
         "../scripts/run.py"
 
 
-rule baseline_arch:
+checkpoint baseline_arch:
     """A hand-designed detector at the search's scale (smnas.models.paper.BASELINES), in BN."""
     output:
         arch="results/baselines/{name}/arch.txt",
@@ -51,19 +51,21 @@ rule final_train:
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
         arch="results/{kind}/{name}/arch.txt",
+        weights=model_weights,  # final.init: the pretrained backbone, or none
     output:
         model="results/{kind}/{name}/model.pt",
         status="results/{kind}/{name}/train.json",
     params:
         data=search_data(),
         options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
+        gpus=config["final"].get("gpus", 1),
     log:
         "results/logs/{kind}/{name}/train.log",
     benchmark:
         "results/benchmarks/{kind}/{name}.train.tsv"
     threads: 1
     resources:
-        gpu=GPU,
+        gpu=GPU * config["final"].get("gpus", 1),
         mem_mb=16000 if GPU else 4000,
         runtime=lambda wc: config["runtime_minutes"]["final"],
     conda:

@@ -67,6 +67,7 @@ rule train:
         arch="results/{stage}/candidates/{hash}/arch.txt",
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
+        weights=candidate_weights,  # stage1.init: pretrained backbone weights, or none
     params:
         data=search_data(),
         options=lambda wc: stage_options(wc.stage),

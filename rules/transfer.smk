@@ -9,19 +9,21 @@ rule transfer_train:
         train_json=lambda wc: transfer_data(wc.dataset)["train_json"],
         val_json=lambda wc: transfer_data(wc.dataset)["val_json"],
         arch=rules.final_arch.output.arch,
+        weights=transfer_weights,
     output:
         model="results/transfer/{dataset}/{name}/model.pt",
         status="results/transfer/{dataset}/{name}/train.json",
     params:
         data=lambda wc: transfer_data(wc.dataset),
         options=lambda wc: {**stage_options("final"), "scale_jitter": config["final"]["scale_jitter"]},
+        gpus=config["final"].get("gpus", 1),
     log:
         "results/logs/transfer/{dataset}/{name}/train.log",
     benchmark:
         "results/benchmarks/transfer/{dataset}.{name}.train.tsv"
     threads: 1
     resources:
-        gpu=GPU,
+        gpu=GPU * config["final"].get("gpus", 1),
         mem_mb=16000 if GPU else 4000,
         runtime=lambda wc: config["runtime_minutes"]["final"],
     conda:

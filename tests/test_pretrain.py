@@ -13,12 +13,12 @@ from smnas.cli import main
 from smnas.data import scenes
 from smnas.data.classification import (MIN_TARGET_VISIBLE, class_names, load_image_folder, load_image_folders,
                                        make_classification_dataset, render_crop)
-from smnas.engine.pretrain import (PretrainConfig, backbone_key, evaluate_classifier, parse_backbone_key,
-                                   pretrain_backbone)
+from smnas.engine.pretrain import PretrainConfig, evaluate_classifier, pretrain_backbone
 from smnas.engine.train import TrainConfig
 from smnas.errors import DataFormatError, SmnasError, SpecError
 from smnas.models.backbones import build_backbone, load_backbone_weights
 from smnas.models.build import DetectorOptions, build_detector
+from smnas.models.registry import backbone_key, parse_backbone_key
 from smnas.models.spec import parse_spec
 
 CFG = PretrainConfig(optim=TrainConfig(epochs=2, batch_size=4, lr=0.05, warmup_iters=2, grad_clip=None, seed=1),

@@ -131,7 +131,7 @@ def test_final_and_transfer_metrics(full_run):
     for name in ("front0", "E0"):
         m = json.loads((res / "final" / name / "metrics.json").read_text())
         assert m["status"] == "ok" and m["arch"].endswith("+bn") and {"map", "map50", "map75", "maps", "mapm", "mapl"} <= set(m)
-        assert json.loads((res / "final" / name / "train.json").read_text())["train"]["epochs"] == 1
+        assert json.loads((res / "final" / name / "train.json").read_text())["train"]["epochs"] == 2
         voc = json.loads((res / "transfer" / "voc" / name / "metrics.json").read_text())
         assert voc["arch"] == m["arch"] and 0 <= voc["voc_map50"] <= 1
         bdd = json.loads((res / "transfer" / "bdd" / name / "metrics.json").read_text())
@@ -147,8 +147,23 @@ def test_final_and_transfer_metrics(full_run):
         row = table[(table["kind"] == "baselines") & (table["name"] == name)].iloc[0]
         assert row["arch"] == expected == str(baseline_spec(name, 0.125, 16, 32, (64, 48)))
         assert row["status"] == "ok" and row["latency_ms"] > 0 and 0 <= row["map"] <= 1
-        assert json.loads((res / "baselines" / name / "train.json").read_text())["train"]["epochs"] == 1
+        assert json.loads((res / "baselines" / name / "train.json").read_text())["train"]["epochs"] == 2
     assert (res / "analysis" / "speed_accuracy.png").stat().st_size > 1000
+    # pretraining on the built-in crops, once per backbone identity, for stage one and final models
+    from smnas.models.registry import backbone_key
+    from smnas.models.spec import parse_spec
+
+    for name in ("front0", "E0"):
+        spec = parse_spec((res / "final" / name / "arch.txt").read_text().strip())
+        metrics = json.loads((res / "pretrained" / backbone_key(spec.backbone.name, spec.backbone.width, "bn")
+                              / "metrics.json").read_text())
+        assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
+        trained = json.loads((res / "final" / name / "train.json").read_text())
+        assert trained["train"]["schedule"] == "step" and trained["train"]["milestones"] == [1]
+    stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
+    keys = {backbone_key(s.backbone.name, s.backbone.width, s.norm) for s in map(parse_spec, stage1["arch"])}
+    assert all((res / "pretrained" / k / "weights.pt").exists() for k in keys)
+    assert (res / "data" / "classification" / "dataset.json").exists()
 
 
 def test_report_html(full_run):
@@ -220,6 +235,7 @@ def test_random_search_baseline(full_run):
         later = pd.read_parquet(res / "random" / search / "gen1" / "candidates.parquet")
         assert (later["parent"] == "").all() and not set(later["arch"]) & set(rnd["arch"])
         assert len(later) == len(evo)
-    assert sorted(p.name for p in (res / "random" / "stage2").glob("C*")) == ["C0", "C1"]
+    groups = pd.read_parquet(res / "random" / "stage2" / "groups.parquet")["group"].tolist()
+    assert groups[0] == "C0" and sorted(p.name for p in (res / "random" / "stage2").glob("C*")) == groups
     union = pd.read_parquet(res / "random" / "stage2" / "front.parquet")
     assert len(union) >= 1 and (union["front_rank"] == 0).all()

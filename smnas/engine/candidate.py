@@ -23,6 +23,7 @@ from smnas.data.coco import load_coco
 from smnas.data.dataset import DetectionDataset
 from smnas.engine.cost import detector_cost
 from smnas.engine.device_lock import DeviceLock
+from smnas.engine.distributed import dist_env
 from smnas.engine.inference import predict
 from smnas.engine.measure import measure_latency
 from smnas.engine.train import TrainConfig, train
@@ -85,9 +86,10 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
                   "seconds": 0.0, "images_per_second": 0.0, "history": []}
     # as plain JSON types (milestones: a list), so that the returned dict equals train.json
     result.update(arch=str(spec), num_classes=opts.num_classes, train=json.loads(json.dumps(asdict(cfg))))
-    with atomic_path(workdir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    atomic_write_json(workdir / "train.json", result, indent=2)
+    if dist_env().is_main:  # under torchrun every process trained the same weights; one writes them
+        with atomic_path(workdir / "model.pt") as tmp:
+            torch.save(model.state_dict(), tmp)
+        atomic_write_json(workdir / "train.json", result, indent=2)
     return result
 
 

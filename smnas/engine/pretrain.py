@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, cast
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,14 +32,12 @@ from smnas.data.classification import classification_transforms, load_image_fold
 from smnas.engine.device_lock import DeviceLock
 from smnas.engine.distributed import barrier, broadcast_object, init_distributed
 from smnas.engine.train import TrainConfig, train
-from smnas.errors import SmnasError, SpecError
+from smnas.errors import SmnasError
 from smnas.io import atomic_path, atomic_write_json
 from smnas.models.backbones import build_backbone
 from smnas.models.build import IMAGE_MEAN, IMAGE_STD
-from smnas.models.norm import NORM_KINDS, NormKind
-from smnas.models.encoding import parse_encoding
-from smnas.models.registry import BACKBONES, NAMED_BACKBONES
-from smnas.models.spec import BackboneSpec
+from smnas.models.norm import NormKind
+from smnas.models.registry import backbone_key
 
 log = logging.getLogger(__name__)
 
@@ -95,52 +93,6 @@ class PretrainConfig:
             return cls(optim=TrainConfig(**optim), **{k: v for k, v in values.items() if k in own_keys})
         except (TypeError, ValueError) as e:
             raise SmnasError(f"{where}: {e}") from None
-
-
-def backbone_key(name: str, width: float = 1.0, norm: NormKind = "bn") -> str:
-    """The identity of a pretrained backbone, for file names: two detectors with one backbone
-    share one pretraining.
-
-    Args:
-        name: a named backbone (``resnet18``) or an encoding (``basicblock_16_1-21-21-12``).
-        width: channel multiplier of a named backbone (must be 1.0 for an encoding).
-        norm: ``"bn"`` (no suffix: the usual pretraining) or ``"gnws"`` (suffix ``+gnws``).
-
-    Returns:
-        The canonical string, e.g. ``resnet18@0.25``, ``resnet50``, ``basicblock_16_1-21-21-12``.
-    """
-    if norm not in NORM_KINDS:
-        raise SpecError(f"norm {norm!r}: expected one of {', '.join(NORM_KINDS)}")
-    if not width > 0:
-        raise SpecError(f"{name}: width must be > 0, got {width}")
-    if "_" in name:
-        name = str(parse_encoding(name))  # the canonical form, checked
-        if width != 1.0:
-            raise SpecError(f"{name}: an encoding sets its own channels; width applies to named backbones only")
-    elif name not in NAMED_BACKBONES:
-        raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} or an encoding")
-    return str(BackboneSpec(name, width)) + ("" if norm == "bn" else f"+{norm}")
-
-
-def parse_backbone_key(key: str) -> tuple[str, float, NormKind]:
-    """The inverse of :func:`backbone_key`, for a workflow wildcard.
-
-    Args:
-        key: e.g. ``resnet18@0.25``, ``basicblock_16_1-21-21-12``, ``resnet50+gnws``.
-
-    Returns:
-        ``(name, width, norm)`` with ``backbone_key(*result) == key``.
-    """
-    body, _, norm = key.partition("+")
-    name, _, width_text = body.partition("@")
-    try:
-        width = float(width_text) if width_text else 1.0
-    except ValueError:
-        raise SpecError(f"backbone key {key!r}: width {width_text!r} is not a number") from None
-    kind = cast(NormKind, norm or "bn")  # backbone_key checks it
-    if backbone_key(name, width, kind) != key:
-        raise SpecError(f"backbone key {key!r} is not canonical; expected {backbone_key(name, width, kind)!r}")
-    return name, width, kind
 
 
 class BackboneClassifier(nn.Module):

@@ -69,3 +69,50 @@ def block_family(name: str) -> str:
     if name in NAMED_BACKBONES:
         return NAMED_BACKBONES[name].block
     return parse_encoding(name).block
+
+
+def backbone_key(name: str, width: float = 1.0, norm: str = "bn") -> str:
+    """The identity of a pretrained backbone, for file names: two detectors with one backbone
+    share one pretraining.
+
+    Args:
+        name: a named backbone (``resnet18``) or an encoding (``basicblock_16_1-21-21-12``).
+        width: channel multiplier of a named backbone (must be 1.0 for an encoding).
+        norm: ``"bn"`` (no suffix: the usual pretraining) or ``"gnws"`` (suffix ``+gnws``).
+
+    Returns:
+        The canonical string, e.g. ``resnet18@0.25``, ``resnet50``, ``basicblock_16_1-21-21-12``.
+    """
+    if norm not in ("bn", "gnws"):  # smnas.models.spec.NORMS (spec imports this module)
+        raise SpecError(f"norm {norm!r}: expected one of bn, gnws")
+    if not width > 0:
+        raise SpecError(f"{name}: width must be > 0, got {width}")
+    if "_" in name:
+        name = str(parse_encoding(name))  # the canonical form, checked
+        if width != 1.0:
+            raise SpecError(f"{name}: an encoding sets its own channels; width applies to named backbones only")
+    elif name not in NAMED_BACKBONES:
+        raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} or an encoding")
+    width = float(f"{float(width):g}")  # BackboneSpec's canonical width
+    return (name if width == 1.0 else f"{name}@{width:g}") + ("" if norm == "bn" else f"+{norm}")
+
+
+def parse_backbone_key(key: str) -> tuple[str, float, str]:
+    """The inverse of :func:`backbone_key`, for a workflow wildcard.
+
+    Args:
+        key: e.g. ``resnet18@0.25``, ``basicblock_16_1-21-21-12``, ``resnet50+gnws``.
+
+    Returns:
+        ``(name, width, norm)`` with ``backbone_key(*result) == key``.
+    """
+    body, _, norm = key.partition("+")
+    name, _, width_text = body.partition("@")
+    try:
+        width = float(width_text) if width_text else 1.0
+    except ValueError:
+        raise SpecError(f"backbone key {key!r}: width {width_text!r} is not a number") from None
+    kind = norm or "bn"  # backbone_key checks it
+    if backbone_key(name, width, kind) != key:
+        raise SpecError(f"backbone key {key!r} is not canonical; expected {backbone_key(name, width, kind)!r}")
+    return name, width, kind

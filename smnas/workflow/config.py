@@ -74,11 +74,33 @@ def check_config(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
         for key, path in (config["transfer"].get(name) or {}).items():
             if key in ("root", "train_labels", "val_labels", "train_images", "val_images") and path and not Path(path).exists():
                 raise ConfigError(f"config transfer.{name}.{key}: {path} does not exist")
+    _check_init(config)
     from smnas.models.paper import PAPER_MODELS
 
     unknown = [m for m in config["final"]["paper_models"] if m not in PAPER_MODELS]
     if unknown:
         raise ConfigError(f"config final.paper_models: unknown {unknown}; valid: {sorted(PAPER_MODELS)}")
+
+
+def _check_init(config: dict[str, Any]) -> None:
+    """Where backbones start from: the data pretraining needs, or a file per stage-one backbone."""
+    data = config["pretrain"]["data"]
+    if ("imagenet" in data) == ("builtin" in data):
+        raise ConfigError("config pretrain.data: give either builtin (crops of the built-in shapes) or imagenet (a path)")
+    if "imagenet" in data:
+        for split in ("train", "val"):
+            if not (Path(data["imagenet"]) / split).is_dir():
+                raise ConfigError(f"config pretrain.data.imagenet: {Path(data['imagenet']) / split} is not a folder "
+                                  "(expected ImageFolder layout: train/<class>/*, val/<class>/*)")
+    if config["stage1"].get("init") == "weights":
+        space = config["stage1"]["space"]
+        if space.get("width", 1.0) != 1.0 or space.get("norm") != "bn":
+            raise ConfigError("config stage1.init: weights (torchvision checkpoints) need stage1.space width 1.0 and norm bn")
+        files = config["detector"].get("backbone_weights") or {}
+        missing = [b for b in space["backbones"] if b not in files]
+        if missing:
+            raise ConfigError(f"config detector.backbone_weights: stage1.init is weights, but no file is set for "
+                              f"{', '.join(missing)} (local torchvision ImageNet checkpoints)")
 
 
 def search_space(stage: str, space: dict[str, Any]) -> "StageOneSpace | StageTwoSpace":
@@ -100,19 +122,14 @@ def train_config(options: dict[str, Any]) -> "TrainConfig":
     return TrainConfig(seed=options["seed"], **options["train"])
 
 
-def detector_options(options: dict[str, Any], num_classes: int, arch: str | None = None) -> "DetectorOptions":
-    """DetectorOptions from the config's ``detector`` block. ``backbone_weights`` maps backbone
-    names to local ImageNet checkpoints; they initialise BN models of width 1.0 (``arch``)."""
+def detector_options(options: dict[str, Any], num_classes: int, weights: str | None = None) -> "DetectorOptions":
+    """DetectorOptions from the config's ``detector`` block; ``weights``: the backbone's initial
+    weights (a file :func:`init_weights` chose), or None (from scratch)."""
     from smnas.models.build import DetectorOptions
 
     det = dict(options["detector"])
-    weights = det.pop("backbone_weights", None) or {}
-    path = None
-    if arch is not None:
-        spec = parse_spec(arch)
-        if spec.norm == "bn" and spec.backbone.width == 1.0:
-            path = weights.get(spec.backbone.name)
-    return DetectorOptions(num_classes=num_classes, backbone_weights=path, **det)
+    det.pop("backbone_weights", None)  # torchvision files, chosen per model by init_weights
+    return DetectorOptions(num_classes=num_classes, backbone_weights=weights, **det)
 
 
 def transfer_image_dirs(dataset: str, cfg: dict[str, Any] | None, builtin: str) -> dict[str, str]:
@@ -125,3 +142,35 @@ def transfer_image_dirs(dataset: str, cfg: dict[str, Any] | None, builtin: str) 
         return {"train": str(devkit), "val": str(devkit)}
     return {"train": cfg.get("train_images") or f"{builtin}/bdd/images/100k/train",
             "val": cfg.get("val_images") or f"{builtin}/bdd/images/100k/val"}
+
+
+def init_weights(mode: str, arch: str, torchvision: dict[str, str]) -> list[str]:
+    """The backbone weights a model starts from, as a list of at most one path.
+
+    Args:
+        mode: ``scratch``; ``pretrain`` (the pretraining stage's output for this backbone at its
+            width and norm: ``results/pretrained/{key}/weights.pt``); or ``weights`` (a local
+            torchvision ImageNet file from ``detector.backbone_weights``, for BN models of width 1.0).
+        arch: the model's spec string.
+        torchvision: the config's ``detector.backbone_weights`` (backbone name -> file).
+
+    Raises:
+        ConfigError: ``weights`` for a model no file fits, naming the backbone and the key to set.
+    """
+    from smnas.models.registry import backbone_key
+
+    if mode == "scratch":
+        return []
+    spec = parse_spec(arch)
+    bb = spec.backbone
+    if mode == "pretrain":
+        return [f"results/pretrained/{backbone_key(bb.name, bb.width, spec.norm)}/weights.pt"]
+    if mode != "weights":
+        raise ConfigError(f"init {mode!r}: expected scratch, pretrain or weights")
+    if bb.is_encoding or bb.width != 1.0 or spec.norm != "bn":
+        raise ConfigError(f"init weights: {arch} has no torchvision checkpoint (named backbones at width 1.0 "
+                          "with norm bn only); use init pretrain or scratch")
+    if bb.name not in torchvision:
+        raise ConfigError(f"config detector.backbone_weights.{bb.name}: not set, but init is weights "
+                          f"(a local torchvision ImageNet checkpoint of {bb.name})")
+    return [torchvision[bb.name]]

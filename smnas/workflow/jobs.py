@@ -45,6 +45,15 @@ def make_dataset(coco_train: str, coco_val: str, voc_test: str, bdd_train: str, 
         raise RuntimeError(f"make_dataset wrote {root} but not {missing}")
 
 
+def make_classification(manifest: str, seed: int, builtin: dict[str, Any]) -> None:
+    """Classification crops of the built-in shapes, ImageFolder layout, beside ``manifest``."""
+    from smnas.data.classification import make_classification_dataset
+
+    make_classification_dataset(Path(manifest).parent, seed=seed, num_train=builtin["num_train"],
+                                num_val=builtin["num_val"], image_size=builtin["image_size"])
+    _check_written(manifest)
+
+
 def convert_voc(json: str, root: str, year: str, split: str) -> None:
     """A Pascal VOC split (``year`` 2007, 2012 or 2007+2012) as COCO JSON."""
     from smnas.data.coco import write_coco
@@ -144,8 +153,18 @@ def union_front(fronts: list[str], front: str, plot: str, cost: str) -> None:
 # ---- one model -----------------------------------------------------------------------------
 
 def train(arch: str, train_json: str, val_json: str, model: str, status: str, data: dict[str, str],
-          options: dict[str, Any], threads: int = 1) -> None:
-    """Train one model (a candidate, a final or a transfer model) into the folder of ``model``."""
+          options: dict[str, Any], weights: str | list[str] = (), gpus: int = 1, threads: int = 1) -> None:
+    """Train one model (a candidate, a final or a transfer model) into the folder of ``model``.
+
+    ``weights``: the backbone's initial weights (pretrained), or none. ``gpus`` > 1: data-parallel
+    on that many devices of this node, through ``torchrun`` (global batch = batch size x gpus).
+    """
+    if gpus > 1:
+        from smnas.workflow.launch import run_distributed
+
+        run_distributed("train", gpus, arch=arch, train_json=train_json, val_json=val_json, model=model,
+                        status=status, data=data, options=options, weights=weights)
+        return
     import torch
 
     from smnas.engine.candidate import DataPaths, train_candidate
@@ -155,10 +174,13 @@ def train(arch: str, train_json: str, val_json: str, model: str, status: str, da
     torch.set_num_threads(threads)
     text, paths = _read_arch(arch), DataPaths(**data)
     jitter = options.get("scale_jitter")
-    opts = detector_options(options, _num_classes(paths.train_json), text)
+    opts = detector_options(options, _num_classes(paths.train_json), _one(weights))
     train_candidate(parse_spec(text), paths, train_config(options), opts, Path(model).parent,
                     device=options["device"], progress=False, scale_jitter=tuple(jitter) if jitter else None)
-    _check_written(model, status)
+    from smnas.engine.distributed import dist_env
+
+    if dist_env().is_main:
+        _check_written(model, status)
 
 
 def time(arch: str, model: str, status: str, latency: str, data: dict[str, str], options: dict[str, Any],
@@ -208,6 +230,30 @@ def _check_written(*paths: str) -> None:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise RuntimeError(f"the job finished but did not write {missing}")
+
+
+# ---- pretraining ---------------------------------------------------------------------------
+
+def pretrain(data: str | list[str], weights: str, metrics: str, key: str, data_root: str, train: dict[str, Any],
+             seed: int, device: str, gpus: int = 1, threads: int = 1) -> None:
+    """Pretrain backbone ``key`` (:func:`smnas.models.registry.backbone_key`) as a classifier on
+    ``data_root`` (ImageFolder layout); ``gpus`` > 1: data-parallel through ``torchrun``."""
+    if gpus > 1:
+        from smnas.workflow.launch import run_distributed
+
+        run_distributed("pretrain", gpus, data=data, weights=weights, metrics=metrics, key=key, data_root=data_root,
+                        train=train, seed=seed, device=device)
+        return
+    import torch
+
+    from smnas.engine.pretrain import PretrainConfig, pretrain_backbone
+    from smnas.models.registry import parse_backbone_key
+
+    torch.set_num_threads(threads)
+    name, width, norm = parse_backbone_key(key)
+    cfg = PretrainConfig.from_dict({"seed": seed, **train}, "config pretrain.train")
+    pretrain_backbone(name, width, data_root, weights, Path(weights).parent / "work", cfg, device=device,
+                      norm=norm, out_metrics=metrics, progress=False)
 
 
 # ---- final models and the report -----------------------------------------------------------

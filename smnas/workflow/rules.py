@@ -38,6 +38,8 @@ class Job:
 
 JOBS: dict[str, Job] = {
     "make_dataset": Job("make_dataset"),
+    "make_classification": Job("make_classification"),
+    "pretrain": Job("pretrain", start_server=True, threads=True),
     "convert_voc": Job("convert_voc"),
     "convert_bdd": Job("convert_bdd"),
     "groups": Job("groups"),
