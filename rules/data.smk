@@ -8,7 +8,7 @@ rule make_dataset:
         bdd_val=f"{BUILTIN}/bdd/labels/det_20/det_val.json",
     params:
         seed=config["seed"],
-        builtin=config["data"]["builtin"],
+        builtin=lambda wc: config["data"]["builtin"],  # only for the built-in data
     log:
         "results/logs/make_dataset.log",
     localrule: True
