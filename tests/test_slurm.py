@@ -136,3 +136,48 @@ def test_search_generation_runs_through_slurm(slurm_cluster, tmp_path):
     assert jobs.count("COMPLETED") >= 6, jobs
     # bookkeeping stayed local: no SLURM job for sample or rank
     assert not list((tmp_path / ".snakemake/slurm_logs").glob("rule_sample*"))
+
+
+def _slurm_cmd(target: str, workdir: Path, *configs: Path) -> list[str]:
+    return [sys.executable, "-m", "snakemake", target, "--profile", "slurm",
+            "--default-resources", "slurm_partition=debug", "mem_mb=1000", "runtime=30", "cpus_per_task=1",
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+            "--seconds-between-status-checks", "3", "--latency-wait", "5", "--slurm-keep-successful-logs",
+            "--directory", str(workdir), "--configfile", *map(str, configs)]
+
+
+def test_a_cancelled_training_job_is_retried_and_resumes(slurm_cluster, tmp_path):
+    """A training job cancelled mid-generation (`scancel`, as a preempted or failed node) is
+    retried (the profile's `retries`), resumes from its last epoch, and the generation's table
+    equals an uncancelled run's (here: the same generation run locally)."""
+    longer = tmp_path / "longer.yaml"  # epochs long enough to cancel a job between two of them
+    longer.write_text("stage1:\n  train: {epochs: 12, batch_size: 4, lr: 0.01, warmup_iters: 2}\n  init: scratch\n")
+    configs = (REPO / "tests/config_tiny.yaml", REPO / "tests/config_slurm.yaml", longer)
+    target = "results/stage1/gen0/population.parquet"
+    cluster_dir, local_dir = tmp_path / "cluster", tmp_path / "local"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_slurm_cmd(target, cluster_dir, *configs), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline, cancelled = time.time() + 300, None
+    while cancelled is None:
+        assert proc.poll() is None and time.time() < deadline, "no training reached its first checkpoint"
+        for ckpt in cluster_dir.glob("results/stage1/candidates/*/train/last.pt"):
+            hash_ = ckpt.parents[1].name
+            jobs = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"], capture_output=True, text=True).stdout
+            ids = [line.split()[0] for line in jobs.splitlines() if "rule_train" in line and hash_ in line]
+            if ids:
+                subprocess.run(["scancel", ids[0]], check=True)
+                cancelled = hash_
+                break
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-6000:] + _tails(slurm_cluster)
+    log = (cluster_dir / f"results/logs/stage1/candidates/{cancelled}/train.log").read_text()
+    assert "resuming" in log, log[-2000:]  # the retry started from the cancelled job's checkpoint
+    local = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "2", "--directory", str(local_dir),
+                            "--configfile", *map(str, configs)], cwd=REPO, capture_output=True, text=True, env=env)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    columns = ["arch", "status", "map", "map50", "gmacs", "epochs"]
+    got = pd.read_parquet(cluster_dir / target)[columns].sort_values("arch").reset_index(drop=True)
+    want = pd.read_parquet(local_dir / target)[columns].sort_values("arch").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
