@@ -20,8 +20,9 @@ wildcard_constraints:
     pre=r"(random/)?",
     gen=r"\d+",
     hash="[0-9a-f]{12}",
-    name=r"front\d+|E\d|[a-z]+_[a-z0-9_]+",  # final: front0.., E0..E5; baselines: faster_r18_fpn, ...
-    kind="final|baselines",
+    name=r"front\d+|E\d|[a-z]+_[a-z0-9_]+|[0-9a-f]{12}",  # final: front0.., E0..E5; baselines:
+                                                          # faster_r18_fpn, ...; agreement: a hash
+    kind="final|baselines|agreement",
     key=r"[A-Za-z0-9_.@+\-]+",  # a backbone identity: resnet18@0.25+gnws, basicblock_16_1-21-21-12
     dataset="voc|bdd",
 
@@ -167,9 +168,22 @@ def candidate_weights(wildcards):
 
 def model_weights(wildcards):
     """Final models and baselines start as config final.init says (their arch is a checkpoint)."""
-    get = checkpoints.final_arch if wildcards.kind == "final" else checkpoints.baseline_arch
+    get = {"final": checkpoints.final_arch, "baselines": checkpoints.baseline_arch,
+           "agreement": checkpoints.agreement_arch}[wildcards.kind]
     return init_weights("final", get.get(name=wildcards.name).output.arch)
 
 
 def transfer_weights(wildcards):
     return init_weights("final", checkpoints.final_arch.get(name=wildcards.name).output.arch)
+
+
+def agreement_targets(wildcards=None):
+    """Every stage-one candidate evaluated by the search, retrained with the final recipe."""
+    import pandas as pd
+
+    checkpoints.front.get(search="stage1")
+    pop = pd.read_parquet(f"results/stage1/gen{last_gen('stage1')}/population.parquet")
+    ok = pop[pop["status"] == "ok"]
+    from smnas.models.spec import spec_hash
+
+    return [f"results/agreement/{spec_hash(a)}/metrics.json" for a in ok["arch"]]

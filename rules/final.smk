@@ -45,6 +45,21 @@ checkpoint baseline_arch:
         "../scripts/run.py"
 
 
+checkpoint agreement_arch:
+    """A stage-one candidate switched to BN, for the final recipe (search-to-final agreement)."""
+    input:
+        candidate="results/stage1/candidates/{name}/arch.txt",
+    output:
+        arch="results/agreement/{name}/arch.txt",
+    log:
+        "results/logs/agreement/{name}/arch.log",
+    localrule: True
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"
+
+
 rule final_train:
     """Final training of one architecture (BN, long schedule, flip + scale jitter)."""
     input:
@@ -137,3 +152,11 @@ rule baselines:
     """Target: the hand-designed baselines, trained, timed and evaluated like the final models."""
     input:
         baseline_targets,
+
+
+rule agreement:
+    """Target: every stage-one candidate retrained with the final recipe; bench/evidence.py reads
+    the Kendall tau between search-time and final mAP (the paper: short training separates good
+    models from bad ones)."""
+    input:
+        agreement_targets,

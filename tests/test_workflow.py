@@ -262,3 +262,15 @@ def test_paper_config_plans_on_slurm(tmp_path):
                           capture_output=True, text=True)
     assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
     assert "rule sample" in plan.stdout or "checkpoint sample" in plan.stdout
+
+
+def test_agreement_retrains_the_search_candidates_with_the_final_recipe(full_run):
+    run(full_run, "agreement")
+    res = full_run / "results"
+    pop = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
+    from smnas.models.spec import spec_hash
+
+    for arch in pop.loc[pop["status"] == "ok", "arch"]:
+        m = json.loads((res / "agreement" / spec_hash(arch) / "metrics.json").read_text())
+        assert m["arch"] == arch.replace("+gnws", "+bn") and 0 <= m["map"] <= 1
+        assert json.loads((res / "agreement" / spec_hash(arch) / "train.json").read_text())["train"]["schedule"] == "step"

@@ -286,6 +286,15 @@ def baseline_arch(arch: str, name: str, width: float, fpn_channels: int, head_fc
     log.info("baseline %s: %s", name, spec)
 
 
+def agreement_arch(candidate: str, arch: str) -> None:
+    """A search candidate's architecture in BN, as the final recipe trains it."""
+    from smnas.io import atomic_open
+    from smnas.models.spec import parse_spec
+
+    with atomic_open(arch) as f:
+        f.write(f"{parse_spec(_read_arch(candidate)).with_norm('bn')}\n")
+
+
 def report_plots(populations: list[str], final: list[str], baselines: list[str], voc: list[str], bdd: list[str],
                  correlation: str, correlation_table: str, metrics: str, speed_accuracy: str) -> None:
     """Backbone-factor correlations (all populations), the final/baseline/transfer metrics table,

@@ -52,6 +52,7 @@ JOBS: dict[str, Job] = {
     "stage2_front": Job("union_front"),
     "final_arch": Job("final_arch"),
     "baseline_arch": Job("baseline_arch"),
+    "agreement_arch": Job("agreement_arch"),
     "final_train": Job("train", start_server=True, threads=True),
     "final_time": Job("time", start_server=True),
     "final_evaluate": Job("evaluate", start_server=True),
