@@ -1,0 +1,213 @@
+"""Evidence that the search finds better detectors than hand design and than chance.
+
+    .venv/bin/python bench/evidence.py                    # 3 seeds of the main job (hours on 2 cores)
+    .venv/bin/python bench/evidence.py --seeds 0 --out runs/evidence
+    .venv/bin/python bench/evidence.py --analyse runs/evidence   # only the tables of an earlier run
+
+For each seed, one workflow run (config/config.yaml with that seed, the hand-designed baselines
+in `all`) builds, side by side on one machine: the evolutionary search and its final models, the
+random-search baseline at the same budget (`random_search`), the baselines Faster R-CNN R18/R50-FPN,
+RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe and timed on the same
+device (`baselines`), and every stage-one candidate retrained with the final recipe (`agreement`).
+Then it prints:
+
+1. for each baseline, the fastest searched final model at least as accurate, with its speed ratio
+   (baseline latency / searched latency), or "none" (the paper: searched models dominate FPN and
+   Cascade R-CNN, E2 at half the time of FPN and +1 mAP);
+2. the hypervolume of each generation's front, evolution against random search, per seed and
+   stage (pymoo; objectives -mAP and cost, reference point (0, 1.1 x the largest cost either
+   search evaluated), costs divided by that bound);
+3. search-to-final agreement: Kendall tau between the short-training mAP of the stage-one
+   candidates and their mAP after the final recipe;
+and draws `evidence.png`: the searched models and the baselines on one mAP-vs-latency plot.
+The seed-to-seed signal of single candidates is bench/signal.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from smnas.search.pareto import hypervolume  # noqa: E402
+from smnas.search.tables import rank_population  # noqa: E402
+
+
+def run_seed(workdir: Path, seed: int, cores: int) -> None:
+    """One workflow run: the search, final models, baselines, random search and agreement."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    overlay = workdir / "evidence.yaml"
+    overlay.write_text(yaml.safe_dump({"seed": seed, "baselines": {"in_all": True}}))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", str(cores),
+           "--directory", str(workdir), "all", "random_search", "agreement",
+           "--configfile", str(REPO / "config/config.yaml"), str(overlay)]
+    with open(workdir / "snakemake.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _metrics(res: Path, kind: str) -> pd.DataFrame:
+    rows = []
+    for path in sorted((res / kind).glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        if m.get("status") == "ok":
+            rows.append({"name": path.parent.name, "arch": m["arch"], "map": m["map"], "latency_ms": m["latency_ms"]})
+    return pd.DataFrame(rows, columns=["name", "arch", "map", "latency_ms"])
+
+
+def baseline_table(res: Path) -> pd.DataFrame:
+    """For each baseline, the fastest searched final model at least as accurate, and the ratio."""
+    finals, bases = _metrics(res, "final"), _metrics(res, "baselines")
+    rows = []
+    for _, b in bases.iterrows():
+        better = finals[finals["map"] >= b["map"]].sort_values("latency_ms")
+        if better.empty:
+            rows.append({"baseline": b["name"], "baseline_map": b["map"], "baseline_ms": b["latency_ms"],
+                         "searched": "none", "searched_map": np.nan, "searched_ms": np.nan, "speed_ratio": np.nan})
+            continue
+        s = better.iloc[0]
+        rows.append({"baseline": b["name"], "baseline_map": b["map"], "baseline_ms": b["latency_ms"],
+                     "searched": s["name"], "searched_map": s["map"], "searched_ms": s["latency_ms"],
+                     "speed_ratio": b["latency_ms"] / s["latency_ms"]})
+    return pd.DataFrame(rows)
+
+
+def _populations(res: Path, stage: str, prefix: str) -> list[pd.DataFrame]:
+    """The search's population after each generation (stage two: its groups' together)."""
+    base = res / prefix / stage if prefix else res / stage
+    if stage == "stage1":
+        return [pd.read_parquet(p) for p in sorted(base.glob("gen*/population.parquet"), key=lambda p: int(p.parent.name[3:]))]
+    groups = sorted(base.glob("C*"))
+    gens = sorted({int(p.parent.name[3:]) for g in groups for p in g.glob("gen*/population.parquet")})
+    return [pd.concat([pd.read_parquet(g / f"gen{k}" / "population.parquet") for g in groups
+                       if (g / f"gen{k}" / "population.parquet").exists()], ignore_index=True) for k in gens]
+
+
+def hypervolume_table(res: Path, cost: dict[str, str]) -> pd.DataFrame:
+    """Hypervolume of the front after each generation, evolution vs random search."""
+    rows = []
+    for stage in ("stage1", "stage2"):
+        pops = {name: _populations(res, stage, prefix) for name, prefix in (("evolution", ""), ("random", "random"))}
+        all_ok = pd.concat([p[p["status"] == "ok"] for ps in pops.values() for p in ps], ignore_index=True)
+        if all_ok.empty:
+            continue
+        bound = 1.1 * float(all_ok[cost[stage]].max())
+        for name, ps in pops.items():
+            for g, pop in enumerate(ps):
+                ok = rank_population(pop, cost[stage])
+                front = ok[ok["front_rank"] == 0]
+                F = np.column_stack([-front["map"].to_numpy(float), front[cost[stage]].to_numpy(float) / bound])
+                rows.append({"stage": stage, "search": name, "generation": g, "evaluated": int((pop["status"] == "ok").sum()),
+                             "front": len(front), "hypervolume": hypervolume(F, [0.0, 1.0])})
+    return pd.DataFrame(rows)
+
+
+def agreement(res: Path) -> tuple[float, int]:
+    """Kendall tau between search-time and final-recipe mAP of the same stage-one candidates."""
+    from scipy.stats import kendalltau
+
+    from smnas.models.spec import spec_hash
+
+    pops = _populations(res, "stage1", "")
+    if not pops:
+        return float("nan"), 0
+    pop = pops[-1]
+    pairs = []
+    for arch, search_map in zip(pop["arch"], pop["map"]):
+        path = res / "agreement" / spec_hash(arch) / "metrics.json"
+        if path.exists() and np.isfinite(search_map):
+            pairs.append((search_map, json.loads(path.read_text()).get("map", np.nan)))
+    pairs = [p for p in pairs if np.isfinite(p[1])]
+    if len(pairs) < 3:
+        return float("nan"), len(pairs)
+    tau = kendalltau([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return float(tau), len(pairs)
+
+
+def plot(res: Path, out: Path) -> None:
+    """Searched final models and baselines on one mAP-vs-latency plot (one seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smnas.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    for kind, marker, colour, label in (("final", "*", "tab:red", "searched (final recipe)"),
+                                        ("baselines", "s", "tab:blue", "hand-designed (final recipe)")):
+        df = _metrics(res, kind)
+        ax.scatter(df["latency_ms"], df["map"], marker=marker, s=90 if marker == "*" else 45, c=colour, label=label)
+        for _, r in df.iterrows():
+            ax.annotate(r["name"], (r["latency_ms"], r["map"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("inference time (ms, batch 1, this CPU)")
+    ax.set_ylabel("COCO mAP (built-in val)")
+    ax.set_title("searched vs hand-designed detectors")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def analyse(root: Path) -> None:
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cost = {"stage1": cfg["stage1"]["cost"], "stage2": cfg["stage2"]["cost"]}
+    seeds = sorted(root.glob("seed*"), key=lambda p: int(p.name[4:]))
+    pd.set_option("display.width", 160)
+    wins: dict[str, list[bool]] = {"stage1": [], "stage2": []}
+    for seed_dir in seeds:
+        res = seed_dir / "results"
+        print(f"\n=== {seed_dir.name} ===")
+        table = baseline_table(res)
+        print("baselines vs the fastest searched final model at least as accurate:")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no baseline ran)")
+        hv = hypervolume_table(res, cost)
+        if len(hv):
+            pivot = hv.pivot_table(index=["stage", "generation"], columns="search", values="hypervolume")
+            print("hypervolume of the front after each generation (higher is better):")
+            print(pivot.to_string(float_format=lambda v: f"{v:.5f}"))
+            for stage in wins:
+                last = hv[hv["stage"] == stage]
+                if len(last):
+                    g = last["generation"].max()
+                    final = last[last["generation"] == g].set_index("search")["hypervolume"]
+                    if {"evolution", "random"} <= set(final.index):
+                        wins[stage].append(bool(final["evolution"] > final["random"]))
+        tau, n = agreement(res)
+        print(f"search-to-final agreement: Kendall tau {tau:+.3f} over {n} stage-one candidates")
+        plot(res, seed_dir / "evidence.png")
+        print(f"figure: {seed_dir / 'evidence.png'}")
+    for stage, w in wins.items():
+        print(f"{stage}: evolution's last-generation hypervolume above random search's on {sum(w)} of {len(w)} seeds")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--analyse", type=Path, default=None, help="only analyse the seed*/ folders of an earlier --out")
+    p.add_argument("--cores", type=int, default=2)
+    args = p.parse_args()
+    if args.analyse:
+        analyse(args.analyse)
+        return
+    root = args.out or Path(tempfile.mkdtemp(prefix="smnas-evidence-"))
+    for seed in args.seeds:
+        print(f"seed {seed}: running the workflow in {root / f'seed{seed}'} ...", flush=True)
+        run_seed(root / f"seed{seed}", seed, args.cores)
+    analyse(root)
+
+
+if __name__ == "__main__":
+    main()
