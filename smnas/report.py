@@ -20,6 +20,17 @@ COST_LABELS = {"latency_ms": "inference time (ms, batch 1)", "gmacs": "GMACs (wh
                "backbone_gmacs": "backbone GMACs"}
 
 
+def _finish(fig, ax, xlabel: str, title: str, path: str | Path, legend_size: int = 8) -> None:
+    """The house form of a mAP plot: labels, grid, legend; then written atomically."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("COCO mAP (val)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -36,13 +47,7 @@ def plot_fronts(populations: list[pd.DataFrame], cost: str, path: str | Path, ti
     for g, (pop, colour) in enumerate(zip(populations, colours)):
         front = pop[(pop["front_rank"] == 0) & (pop["status"] == "ok")].sort_values(cost)
         ax.plot(front[cost], front["map"], "o-", c=colour, ms=5, label=f"front after gen {g}", zorder=2 + g)
-    ax.set_xlabel(COST_LABELS.get(cost, cost))
-    ax.set_ylabel("COCO mAP (val)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, COST_LABELS.get(cost, cost), title, path, legend_size=8)
 
 
 def plot_group_fronts(fronts: list[pd.DataFrame], union: pd.DataFrame, cost: str, path: str | Path) -> None:
@@ -56,13 +61,7 @@ def plot_group_fronts(fronts: list[pd.DataFrame], union: pd.DataFrame, cost: str
             ax.plot(f[cost], f["map"], "o-", c=colour, ms=5, alpha=0.8, label=label)
     u = union.sort_values(cost)
     ax.plot(u[cost], u["map"], "k--", lw=1, label="front over all groups", zorder=5)
-    ax.set_xlabel(COST_LABELS.get(cost, cost))
-    ax.set_ylabel("COCO mAP (val)")
-    ax.set_title("stage2: each group's front and the union")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, COST_LABELS.get(cost, cost), "stage2: each group's front and the union", path, legend_size=8)
 
 
 def write_front(populations: list[str | Path], cost: str, front_out: str | Path, plot_out: str | Path, title: str) -> pd.DataFrame:
@@ -150,13 +149,7 @@ def plot_speed_accuracy(search: pd.DataFrame, models: pd.DataFrame, path: str | 
                    label="searched, final recipe" if kind == "final" else "hand-designed, final recipe", zorder=3)
         for _, r in rows.iterrows():
             ax.annotate(r["name"], (r["latency_ms"], r["map"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel(COST_LABELS["latency_ms"])
-    ax.set_ylabel("COCO mAP (val)")
-    ax.set_title("speed and accuracy: searched vs hand-designed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, ax, COST_LABELS["latency_ms"], "speed and accuracy: searched vs hand-designed", path, legend_size=7)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
