@@ -3,8 +3,8 @@
     run_distributed("train", 8, arch=..., model=..., ...)   # 8 processes, one per GPU
 
 The job's own process starts ``torchrun --standalone --nproc-per-node N`` (inside a SLURM job it
-runs within the job's allocation of N GPUs), which runs this module in each process; each calls
-the job function with ``gpus=1``, and :mod:`smnas.engine.distributed` takes it from there:
+runs within the job's allocation of N GPUs), which runs :mod:`smnas.workflow.rank` in each process; each calls the job
+function with ``gpus=1``, and :mod:`smnas.engine.distributed` takes it from there:
 process group (NCCL on GPUs, gloo on the CPU), DistributedDataParallel, a DistributedSampler, and
 outputs written by rank 0 alone. The job fails if any process fails.
 """
@@ -26,26 +26,9 @@ def run_distributed(function: str, nproc: int, **kwargs: Any) -> None:
         json.dump(kwargs, f)
     try:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "smnas.workflow.launch", function, f.name]
+               "-m", "smnas.workflow.rank", function, f.name]
         proc = subprocess.run(cmd)
         if proc.returncode:
             raise RuntimeError(f"torchrun of {function} on {nproc} processes exited with status {proc.returncode}")
     finally:
         Path(f.name).unlink(missing_ok=True)
-
-
-def main(argv: list[str]) -> None:
-    """In each torchrun process: call the job function, then leave the process group."""
-    from smnas.engine.distributed import shutdown_distributed
-    from smnas.workflow import jobs
-
-    function, path = argv
-    kwargs = json.loads(Path(path).read_text())
-    try:
-        getattr(jobs, function)(**kwargs, gpus=1)
-    finally:
-        shutdown_distributed()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
