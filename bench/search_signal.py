@@ -1,0 +1,404 @@
+"""Search signal: do stage-one candidates rank the same way whatever the seed?
+
+Trains one generation's candidates with several seeds through the workflow's own code path
+(``smnas.engine.candidate.train_candidate`` then ``evaluate_trained``, as the rules' train and
+evaluate jobs call them; the latency job is skipped unless ``--latency``) and reports, per
+candidate, COCO mAP mean and sd over seeds and train seconds; over candidates, the spread (sd of
+the means), the mean within-candidate sd, and Kendall's tau between every pair of seeds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/search_signal.py --out /tmp/signal/baseline
+    .venv/bin/python bench/search_signal.py --out /tmp/signal/b2 --batch-size 2 --n 4 --seeds 0 1
+    .venv/bin/python bench/search_signal.py --out /tmp/signal/baseline --summarize   # table only
+
+Defaults are the main job's (``config/config.yaml``): its ``data.builtin`` dataset, its
+``stage1.train`` schedule, its ``detector`` options, and 6 specs drawn with
+``StageOneSpace.sample(6, seed=0)`` from its ``stage1.space``. Every option below overrides one
+lever. The generated dataset is kept under ``--data-cache`` by its settings and reused by later
+runs with the same settings; trained candidates are never reused across ``--out`` folders (a
+rerun into the same folder resumes the runs that are missing, and refuses other settings).
+
+Dataset difficulty: ``make_dataset`` takes only ``num_train``, ``num_val``, ``image_size`` and
+``seed``. The scene generator's hard-coded constants can be overridden *in this process only*
+to simulate a changed generator (``--scene MAX_OBJECTS=6``; names in ``SCENE_KNOBS``), the
+object size range with ``--object-size LO HI`` (fractions of the shorter image side; the
+generator's is 0.025 0.25 plus ``_P_LARGE`` large ones at 0.27-0.4), and tiny objects can be
+taken out of both training and evaluation with ``--min-area`` (labelled ``iscrowd``: not trained
+on and ignored by COCO evaluation, the objects stay in the pixels).
+
+Outputs in ``--out``: ``settings.json``, ``runs.csv`` (one row per candidate and seed),
+``summary.csv`` (one row per candidate), ``summary.json`` (everything, with the taus).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import math
+import shutil
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE_KNOBS = ("MAX_OBJECTS", "_NOISE", "_P_LARGE", "_HUE_SPREAD")
+log = logging.getLogger("signal")
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--out", required=True, type=Path, help="result folder (one configuration)")
+    p.add_argument("--config", type=Path, default=ROOT / "config" / "config.yaml")
+    p.add_argument("--summarize", action="store_true", help="only print the table of --out")
+    g = p.add_argument_group("candidates")
+    g.add_argument("--specs", nargs="+", default=None, help="spec strings (default: a sample of the config's space)")
+    g.add_argument("--n", type=int, default=6, help="specs to sample when --specs is not given (default 6)")
+    g.add_argument("--sample-seed", type=int, default=0, help="seed of StageOneSpace.sample (default 0)")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    g.add_argument("--input-size", type=_size, default=None,
+                   help="WxH for every candidate (default: each spec's own)")
+    g.add_argument("--width", type=float, default=None, help="backbone width for every candidate")
+    g = p.add_argument_group("dataset (default: the config's data.builtin)")
+    g.add_argument("--num-train", type=int, default=None)
+    g.add_argument("--num-val", type=int, default=None)
+    g.add_argument("--image-size", type=_size, default=None)
+    g.add_argument("--data-seed", type=int, default=None, help="dataset seed (default: the config's seed)")
+    g.add_argument("--scene", nargs="+", default=[], metavar="NAME=VALUE",
+                   help=f"override scene constants in this process: {', '.join(SCENE_KNOBS)}")
+    g.add_argument("--object-size", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="log-uniform object size range as fractions of the shorter side (generator: 0.025 0.25)")
+    g.add_argument("--min-area", type=float, default=0.0,
+                   help="labels with fewer visible pixels become iscrowd (ignored in training and evaluation)")
+    g.add_argument("--data-cache", type=Path, default=Path("/tmp/signal/data"))
+    g = p.add_argument_group("training (default: the config's stage1.train)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--lr-min", type=float, default=None)
+    g.add_argument("--warmup-iters", type=int, default=None)
+    g = p.add_argument_group("detector (default: the config's detector block)")
+    g.add_argument("--anchor-scale", type=float, default=None)
+    g.add_argument("--proposals", type=int, default=None, help="rpn_post_nms_top_n (training; half at test)")
+    g.add_argument("--pre-nms", type=int, default=None, help="rpn_pre_nms_top_n")
+    g.add_argument("--box-batch", type=int, default=None, help="box_batch_size_per_image")
+    g = p.add_argument_group("run")
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--latency", action="store_true", help="also time each candidate (the workflow's time job)")
+    g.add_argument("--keep-models", action="store_true", help="keep model.pt and checkpoints")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- settings
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that defines the configuration measured, defaults from the config file."""
+    from smnas.models.spec import parse_spec
+    from smnas.search.space import space_from_dict
+
+    cfg = yaml.safe_load(args.config.read_text())
+    builtin = cfg["data"]["builtin"]
+    data = {
+        "seed": cfg["seed"] if args.data_seed is None else args.data_seed,
+        "num_train": builtin["num_train"] if args.num_train is None else args.num_train,
+        "num_val": builtin["num_val"] if args.num_val is None else args.num_val,
+        "image_size": list(builtin["image_size"] if args.image_size is None else args.image_size),
+        "scene": dict(sorted(_scene_overrides(args.scene).items())),
+        "object_size": args.object_size,
+        "min_area": args.min_area,
+    }
+    train = dict(cfg["stage1"]["train"])
+    for key in ("epochs", "batch_size", "lr", "lr_min", "warmup_iters"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    det = {k: v for k, v in cfg["detector"].items() if k != "backbone_weights"}
+    for key, arg in (("anchor_scale", "anchor_scale"), ("rpn_post_nms_top_n", "proposals"),
+                     ("rpn_pre_nms_top_n", "pre_nms"), ("box_batch_size_per_image", "box_batch")):
+        if getattr(args, arg) is not None:
+            det[key] = getattr(args, arg)
+    if args.specs:
+        specs = [parse_spec(s) for s in args.specs]
+    else:
+        space = space_from_dict(cfg["stage1"]["space"], str(args.config))
+        specs = space.sample(args.n, seed=args.sample_seed)
+    if args.width is not None:
+        specs = [replace(s, backbone=replace(s.backbone, width=args.width)) for s in specs]
+    if args.input_size is not None:
+        specs = [replace(s, input_size=tuple(args.input_size)) for s in specs]
+    return {"specs": [str(s) for s in specs], "seeds": list(args.seeds), "data": data, "train": train,
+            "detector": det, "latency": args.latency}
+
+
+def _scene_overrides(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in SCENE_KNOBS:
+            raise SystemExit(f"--scene: unknown constant {name!r}; valid: {', '.join(SCENE_KNOBS)}")
+        out[name] = int(value) if name == "MAX_OBJECTS" else float(value)
+    return out
+
+
+# ---------------------------------------------------------------- dataset
+
+def dataset(data: dict[str, Any], cache: Path) -> Path:
+    """The COCO-layout folder of these dataset settings, generated once per settings."""
+    from smnas.data import synthetic
+
+    key = json.dumps({**data, "generator": synthetic.GENERATOR_VERSION}, sort_keys=True)
+    root = cache / hashlib.sha1(key.encode()).hexdigest()[:12]
+    done = root / "done.json"
+    if done.exists():
+        return root / "coco"
+    if root.exists():
+        shutil.rmtree(root)
+    t0 = time.perf_counter()
+    with _patched_scenes(data["scene"], data["object_size"]):
+        synthetic.make_dataset(root, seed=data["seed"], num_train=data["num_train"], num_val=data["num_val"],
+                               image_size=tuple(data["image_size"]), variants=["coco"])
+    if data["min_area"] > 0:
+        for split in ("train", "val"):
+            path = root / "coco" / "annotations" / f"instances_{split}.json"
+            coco = json.loads(path.read_text())
+            for ann in coco["annotations"]:
+                if ann["area"] < data["min_area"]:
+                    ann["iscrowd"] = 1
+            path.write_text(json.dumps(coco) + "\n")
+    stats = _label_stats(root / "coco")
+    done.write_text(json.dumps({"settings": json.loads(key), "seconds": time.perf_counter() - t0, **stats},
+                               indent=2) + "\n")
+    log.info("dataset %s: %s (%.1f s)", root, stats, time.perf_counter() - t0)
+    return root / "coco"
+
+
+def _label_stats(coco_root: Path) -> dict[str, Any]:
+    out = {}
+    for split in ("train", "val"):
+        coco = json.loads((coco_root / "annotations" / f"instances_{split}.json").read_text())
+        anns = [a for a in coco["annotations"] if not a.get("iscrowd")]
+        areas = [a["bbox"][2] * a["bbox"][3] for a in anns]
+        out[split] = {"images": len(coco["images"]), "labels": len(anns),
+                      "ignored": len(coco["annotations"]) - len(anns),
+                      "small": sum(a < 32 ** 2 for a in areas), "medium": sum(32 ** 2 <= a < 96 ** 2 for a in areas),
+                      "large": sum(a >= 96 ** 2 for a in areas)}
+    return out
+
+
+class _patched_scenes:
+    """Override smnas.data.scenes constants (and the object size range) for this process."""
+
+    def __init__(self, constants: dict[str, float], object_size: list[float] | None) -> None:
+        self.constants, self.object_size, self.saved = constants, object_size, {}
+
+    def __enter__(self) -> None:
+        from smnas.data import scenes
+
+        names = list(self.constants) + (["_sample_object"] if self.object_size else [])
+        self.saved = {name: getattr(scenes, name) for name in names}
+        for name, value in self.constants.items():
+            setattr(scenes, name, value)
+        if self.object_size:
+            scenes._sample_object = _object_sampler(*self.object_size)
+
+    def __exit__(self, *exc: Any) -> None:
+        from smnas.data import scenes
+
+        for name, value in self.saved.items():
+            setattr(scenes, name, value)
+
+
+def _object_sampler(lo: float, hi: float):
+    """scenes._sample_object with the log-uniform size range [lo, hi] x shorter side (the
+    generator's: [max(2.5 px, 0.025), 0.25]); the large share (_P_LARGE, 0.27-0.4) is kept."""
+    from smnas.data import scenes
+
+    def sample(rng, cls, w, h):
+        side = min(w, h)
+        if rng.random() < scenes._P_LARGE:
+            a = rng.uniform(0.27, 0.4) * side
+        else:
+            a = math.exp(rng.uniform(math.log(max(2.5, lo * side)), math.log(hi * side)))
+        r = float(a * math.sqrt(math.pi / scenes._FILL[scenes.CLASSES[cls]]))
+        margin = min(0.75 * r, 0.45 * side)
+        cx, cy = rng.uniform(margin, w - margin), rng.uniform(margin, h - margin)
+        hue = cls / len(scenes.CLASSES) + rng.normal(0.0, scenes._HUE_SPREAD)
+        colour = scenes._hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
+        texture = (scenes._TEXTURES[cls] if rng.random() < 0.55
+                   else scenes._TEXTURES[rng.integers(len(scenes._TEXTURES))])
+        return scenes.Item(scenes.CLASSES[cls], cls, cx, cy, r, rng.uniform(0, 2 * math.pi), colour, texture)
+
+    return sample
+
+
+# ---------------------------------------------------------------- runs
+
+def run_one(spec_text: str, seed: int, settings: dict[str, Any], coco_root: Path, workdir: Path,
+            keep_models: bool) -> dict[str, Any]:
+    """Train and evaluate one candidate with one seed (the workflow's train and evaluate jobs)."""
+    from smnas.data.coco import load_coco
+    from smnas.engine.candidate import DataPaths, evaluate_trained, time_candidate, train_candidate
+    from smnas.engine.train import TrainConfig
+    from smnas.models.build import DetectorOptions
+    from smnas.models.spec import parse_spec
+
+    metrics_path = workdir / "metrics.json"
+    if metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    data = DataPaths.coco_layout(coco_root)
+    spec = parse_spec(spec_text)
+    num_classes = len(load_coco(data.train_json, check_images=False)["categories"])
+    opts = DetectorOptions(num_classes=num_classes, **settings["detector"])
+    cfg = TrainConfig(seed=seed, **settings["train"])
+    t0 = time.perf_counter()
+    trained = train_candidate(spec, data, cfg, opts, workdir, device="cpu", progress=False)
+    if settings["latency"]:
+        time_candidate(spec, opts, workdir, data, num_images=20, device="cpu", runs=1, threads=1)
+    t1 = time.perf_counter()
+    row = evaluate_trained(spec, data, opts, workdir, device="cpu", progress=False)
+    row.update(seed=seed, eval_seconds=time.perf_counter() - t1, wall_seconds=time.perf_counter() - t0,
+               final_loss=(trained.get("history") or [{}])[-1].get("loss"))
+    row.pop("spans", None)
+    metrics_path.write_text(json.dumps(row, indent=2) + "\n")
+    if not keep_models:
+        for name in ("model.pt", "train/last.pt", "detections.json"):
+            (workdir / name).unlink(missing_ok=True)
+    return row
+
+
+def summarize(settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-candidate mean/sd of mAP and seconds; spread, within-sd and Kendall tau between seeds."""
+    from scipy.stats import kendalltau
+
+    specs, seeds = settings["specs"], settings["seeds"]
+    by = {(r["arch"], r["seed"]): r for r in rows}
+    cands = []
+    for spec in specs:
+        rs = [by[(spec, s)] for s in seeds if (spec, s) in by]
+        maps = [_map(r) for r in rs]
+        cands.append({
+            "arch": spec, "runs": len(rs), "failed": sum(r["status"] != "ok" for r in rs),
+            "map_mean": _mean(maps), "map_sd": _sd(maps), "maps": maps,
+            "map50_mean": _mean([r.get("map50") or 0.0 for r in rs]),
+            "train_seconds": _mean([r["train_seconds"] for r in rs]),
+            "eval_seconds": _mean([r.get("eval_seconds", 0.0) for r in rs]),
+            "final_loss": _mean([r["final_loss"] for r in rs if r.get("final_loss") is not None]),
+        })
+    full = [s for s in seeds if all((spec, s) in by for spec in specs)]
+    taus = {}
+    for a, b in itertools.combinations(full, 2):
+        x = [_map(by[(spec, a)]) for spec in specs]
+        y = [_map(by[(spec, b)]) for spec in specs]
+        taus[f"{a}-{b}"] = float(kendalltau(x, y).statistic)
+    means = [c["map_mean"] for c in cands if c["runs"]]
+    within = [c["map_sd"] for c in cands if c["runs"] > 1]
+    spread = _sd(means)
+    return {
+        "candidates": cands,
+        "spread": spread,
+        "within_sd": _mean(within),
+        "snr": spread / _mean(within) if within and _mean(within) > 0 else None,
+        "taus": taus,
+        "tau_mean": _mean(list(taus.values())) if taus else None,
+        "map_range": [min(means), max(means)] if means else None,
+        "train_seconds_mean": _mean([c["train_seconds"] for c in cands if c["runs"]]),
+        "complete_seeds": full,
+    }
+
+
+def _map(row: dict[str, Any]) -> float:
+    return float(row["map"]) if row.get("status") == "ok" and row.get("map") is not None else 0.0
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def print_table(settings: dict[str, Any], summary: dict[str, Any], file=sys.stdout) -> None:
+    t, d, det = settings["train"], settings["data"], settings["detector"]
+    print(f"data: {d['num_train']}/{d['num_val']} images {d['image_size'][0]}x{d['image_size'][1]} seed {d['seed']}"
+          + (f" scene {d['scene']}" if d["scene"] else "") + (f" object_size {d['object_size']}" if d["object_size"] else "")
+          + (f" min_area {d['min_area']}" if d["min_area"] else ""), file=file)
+    print(f"train: epochs {t['epochs']} batch {t['batch_size']} lr {t['lr']} warmup {t['warmup_iters']}; "
+          f"detector: {det}; seeds {settings['seeds']}", file=file)
+    print(f"{'candidate':<62}{'mAP mean':>9}{'sd':>8}{'AP50':>7}  {'per seed':<22}{'train s':>8}{'eval s':>7}", file=file)
+    for c in summary["candidates"]:
+        per = " ".join(f"{m:.3f}" for m in c["maps"])
+        fail = f" ({c['failed']} failed)" if c["failed"] else ""
+        print(f"{c['arch']:<62}{c['map_mean']:>9.4f}{c['map_sd']:>8.4f}{c['map50_mean']:>7.3f}  {per:<22}"
+              f"{c['train_seconds']:>8.1f}{c['eval_seconds']:>7.1f}{fail}", file=file)
+    taus = "  ".join(f"{k}: {v:+.2f}" for k, v in summary["taus"].items())
+    snr = summary["snr"]
+    print(f"spread (sd of means) {summary['spread']:.4f}   mean within-candidate sd {summary['within_sd']:.4f}   "
+          f"ratio {snr if snr is None else round(snr, 2)}", file=file)
+    print(f"Kendall tau between seeds: {taus or '-'}   mean {summary['tau_mean'] if summary['tau_mean'] is None else round(summary['tau_mean'], 3)}",
+          file=file)
+    rng = summary["map_range"]
+    print(f"mAP of the means: {rng[0]:.4f} .. {rng[1]:.4f}   train s per candidate {summary['train_seconds_mean']:.1f}",
+          file=file)
+
+
+def write_outputs(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    import pandas as pd
+
+    keep = ["arch", "seed", "status", "map", "map50", "map75", "maps", "mapm", "mapl", "train_seconds",
+            "eval_seconds", "final_loss", "gmacs", "params", "latency_ms"]
+    pd.DataFrame([{k: r.get(k) for k in keep} for r in rows]).to_csv(out / "runs.csv", index=False)
+    pd.DataFrame([{k: v for k, v in c.items() if k != "maps"} for c in summary["candidates"]]).to_csv(
+        out / "summary.csv", index=False)
+    (out / "summary.json").write_text(json.dumps({"settings": settings, **summary}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings_path = args.out / "settings.json"
+    if args.summarize:
+        settings = json.loads(settings_path.read_text())
+    else:
+        settings = settings_from(args)
+        if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+            raise SystemExit(f"{args.out} holds runs of other settings ({settings_path}); use a new --out")
+        settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    rows = []
+    if not args.summarize:
+        coco_root = dataset(settings["data"], args.data_cache)
+        for seed in settings["seeds"]:  # seed-major: complete seed columns come first
+            for i, spec in enumerate(settings["specs"]):
+                row = run_one(spec, seed, settings, coco_root, args.out / "runs" / f"c{i}_s{seed}", args.keep_models)
+                log.info("c%d seed %d: map %.4f train %.1f s  %s", i, seed, _map(row), row["train_seconds"], spec)
+    for i, spec in enumerate(settings["specs"]):
+        for seed in settings["seeds"]:
+            path = args.out / "runs" / f"c{i}_s{seed}" / "metrics.json"
+            if path.exists():
+                rows.append(json.loads(path.read_text()))
+    summary = summarize(settings, rows)
+    write_outputs(args.out, settings, rows, summary)
+    print_table(settings, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
