@@ -252,8 +252,12 @@ def pretrain(data: str | list[str], weights: str, metrics: str, key: str, data_r
     torch.set_num_threads(threads)
     name, width, norm = parse_backbone_key(key)
     cfg = PretrainConfig.from_dict({"seed": seed, **train}, "config pretrain.train")
-    pretrain_backbone(name, width, data_root, weights, Path(weights).parent / "work", cfg, device=device,
-                      norm=norm, out_metrics=metrics, progress=False)
+    result = pretrain_backbone(name, width, data_root, weights, Path(weights).parent / "work", cfg, device=device,
+                               norm=norm, out_metrics=metrics, progress=False)
+    top1, classes = result.get("top1"), list(result.get("classes") or [])
+    if top1 is not None and classes and top1 <= 1.5 / len(classes):
+        log.warning("pretraining %s ended near chance (top-1 %.3f over %d classes): the weights are written, "
+                    "but models starting from them start from little; lower pretrain.train.lr", key, top1, len(classes))
 
 
 # ---- final models and the report -----------------------------------------------------------
