@@ -145,6 +145,8 @@ def plot_speed_accuracy(search: pd.DataFrame, models: pd.DataFrame, path: str | 
     ax.plot(front["latency_ms"], front["map"], "-", c="0.6", lw=1, label="stage-one front")
     for kind, marker, colour in (("final", "*", "tab:red"), ("baselines", "s", "tab:blue")):
         rows = models[(models["kind"] == kind) & (models["status"] == "ok")]
+        if rows.empty:  # baselines not run: no empty legend entry
+            continue
         ax.scatter(rows["latency_ms"], rows["map"], marker=marker, s=90 if marker == "*" else 45, c=colour,
                    label="searched, final recipe" if kind == "final" else "hand-designed, final recipe", zorder=3)
         for _, r in rows.iterrows():
