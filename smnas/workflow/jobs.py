@@ -168,6 +168,7 @@ def train(arch: str, train_json: str, val_json: str, model: str, status: str, da
     import torch
 
     from smnas.engine.candidate import DataPaths, train_candidate
+    from smnas.engine.distributed import dist_env
     from smnas.models.spec import parse_spec
     from smnas.workflow.config import detector_options, train_config
 
@@ -177,9 +178,7 @@ def train(arch: str, train_json: str, val_json: str, model: str, status: str, da
     opts = detector_options(options, _num_classes(paths.train_json), _one(weights))
     train_candidate(parse_spec(text), paths, train_config(options), opts, Path(model).parent,
                     device=options["device"], progress=False, scale_jitter=tuple(jitter) if jitter else None)
-    from smnas.engine.distributed import dist_env
-
-    if dist_env().is_main:
+    if dist_env().is_main:  # under torchrun only rank 0 writes
         _check_written(model, status)
 
 
