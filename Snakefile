@@ -2,7 +2,7 @@
 #
 #   snakemake --cores 2                       # the laptop search on the built-in dataset
 #   snakemake --profile slurm                 # the same DAG on a SLURM GPU cluster (slurm/profile.yaml)
-#   snakemake --cores 2 stage1                # a named target: stage1, stage2, final, transfer_voc, transfer_bdd
+#   snakemake --cores 2 stage1                # a named target: stage1, stage2, spnas, final, transfer_voc, transfer_bdd
 #   snakemake --report results/report.html    # HTML report of the last run
 #
 # The configuration (config/config.yaml, the manual) is checked against config/schema.yaml.
@@ -17,6 +17,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/search.smk"
+include: "rules/spnas.smk"
 include: "rules/pretrain.smk"
 include: "rules/final.smk"
 include: "rules/transfer.smk"
@@ -34,7 +35,7 @@ rule all:
     default_target: True
     input:
         "results/stage1/front.parquet",
-        "results/stage2/front.parquet",
+        modular_fronts,  # stage two's front, SP-NAS's, or both (config modular_method)
         final_targets,
         lambda wc: transfer_targets("voc"),
         lambda wc: transfer_targets("bdd"),

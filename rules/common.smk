@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from smnas.forkserver import prestart as prestart_forkserver
-from smnas.workflow.config import ConfigError, check_config
+from smnas.workflow.config import ConfigError, check_config, modular_methods
 
 try:
     check_config(config)  # the schema (config/schema.yaml), then paths and spaces
@@ -15,8 +15,9 @@ GPU = 1 if config["device"].startswith("cuda") else 0
 
 
 wildcard_constraints:
-    stage="stage1|stage2",
-    search=r"(random/)?(stage1|stage2/C\d+)",  # stage one or one stage-two group; random/: the baseline
+    stage="stage1|stage2|spnas",
+    # stage one, one stage-two group, or one SP-NAS group's phase; random/: the baseline
+    search=r"(random/)?(stage1|stage2/C\d+)|spnas/C\d+/(serial|parallel)",
     pre=r"(random/)?",
     gen=r"\d+",
     hash="[0-9a-f]{12}",
@@ -31,9 +32,32 @@ def last_gen(stage):
     return config[stage]["generations"] - 1
 
 
+def last_gen_of(search):
+    """The last generation of a search (an SP-NAS phase has its own count)."""
+    if stage_of(search) == "spnas":
+        return config["spnas"][search.rpartition("/")[2]]["generations"] - 1
+    return last_gen(stage_of(search))
+
+
 def stage_of(search):
-    """stage1 -> stage1; stage2/C3 -> stage2; random/stage2/C3 -> stage2."""
+    """stage1 -> stage1; stage2/C3 -> stage2; random/stage2/C3 -> stage2; spnas/C0/serial -> spnas."""
     return search.removeprefix("random/").partition("/")[0]
+
+
+def group_of(search):
+    """stage1 -> ""; stage2/C3 -> C3; spnas/C0/serial -> C0/serial (the sample job splits it)."""
+    return search.removeprefix("random/").partition("/")[2]
+
+
+def sample_settings(search):
+    """What the sample step of a search reads from the config: its budget, space and cost (only
+    those, so an edit elsewhere, a training lr say, does not resample)."""
+    from smnas.workflow.config import spnas_phase_settings
+
+    stage = stage_of(search)
+    if stage == "spnas":
+        return spnas_phase_settings(config["spnas"], search.rpartition("/")[2])
+    return {k: config[stage][k] for k in ("population", "space", "cost")}
 
 
 def prefix_of(search):
@@ -53,10 +77,25 @@ def group_fronts(wildcards):
 
 
 def last_populations(wildcards=None):
-    """The last population of stage one and of every stage-two group."""
-    return [f"results/stage1/gen{last_gen('stage1')}/population.parquet"] + [
-        f"results/stage2/{g}/gen{last_gen('stage2')}/population.parquet" for g in stage2_groups()
-    ]
+    """The last population of stage one and of every modular search the config runs."""
+    out = [f"results/stage1/gen{last_gen('stage1')}/population.parquet"]
+    if "smnas" in modular_methods(config):
+        out += [f"results/stage2/{g}/gen{last_gen('stage2')}/population.parquet" for g in stage2_groups()]
+    if "spnas" in modular_methods(config):
+        out += [f"results/spnas/{g}/{phase}/gen{last_gen_of(f'spnas/{g}/{phase}')}/population.parquet"
+                for g in stage2_groups() for phase in ("serial", "parallel")]
+    return out
+
+
+def spnas_fronts(wildcards=None):
+    """The serial and the parallel front of every SP-NAS group (groups as stage two's)."""
+    return [f"results/spnas/{g}/{phase}/front.parquet" for g in stage2_groups() for phase in ("serial", "parallel")]
+
+
+def modular_fronts(wildcards=None):
+    """The front(s) the final models are picked from: stage two's, SP-NAS's, or both."""
+    return {"smnas": ["results/stage2/front.parquet"], "spnas": ["results/spnas/front.parquet"],
+            "both": ["results/stage2/front.parquet", "results/spnas/front.parquet"]}[config.get("modular_method", "smnas")]
 
 
 def search_data():
@@ -91,6 +130,32 @@ def previous_population(wildcards):
     return [f"results/{wildcards.search}/gen{g - 1}/population.parquet"] if g > 0 else []
 
 
+def sample_population(wildcards):
+    """What generation g samples from: the previous population; for SP-NAS's parallel phase,
+    generation 0 widens the best network of its group's serial search (its last population)."""
+    if wildcards.search.startswith("spnas/") and wildcards.search.endswith("/parallel") and int(wildcards.gen) == 0:
+        serial = wildcards.search.replace("/parallel", "/serial")
+        return [f"results/{serial}/gen{last_gen_of(serial)}/population.parquet"]
+    return previous_population(wildcards)
+
+
+def candidate_init(wildcards):
+    """An SP-NAS candidate starts from the weights it inherits (written by the inherit job)."""
+    return [f"results/spnas/candidates/{wildcards.hash}/init.pt"] if wildcards.stage == "spnas" else []
+
+
+def parent_weights(wildcards):
+    """The file an SP-NAS child inherits from, as its sample step wrote it in parent.json: the
+    parent's trained model.pt, or a pretrained backbone (the start network; a reignite)."""
+    import json
+
+    path = Path(f"results/spnas/candidates/{wildcards.hash}/parent.json")
+    if not path.exists():
+        raise WorkflowError(f"{path} does not exist: SP-NAS candidates are made by their generation's sample step "
+                            "(ask for a search target, e.g. `snakemake spnas`, not for one candidate)")
+    return [json.loads(path.read_text())["weights"]]
+
+
 def stage_options(stage):
     """Run-level settings passed to every candidate job of a stage."""
     return {
@@ -119,10 +184,12 @@ def transfer_targets(dataset):
 
 
 def final_front(wildcards):
-    """A front model needs the stage-two front (a checkpoint); a paper model needs nothing."""
-    if wildcards.name.startswith("front"):
-        return checkpoints.stage2_front.get(pre="").output.front
-    return []
+    """A front model needs the modular front(s) (checkpoints); a paper model needs nothing."""
+    if not wildcards.name.startswith("front"):
+        return []
+    get = {"results/stage2/front.parquet": lambda: checkpoints.stage2_front.get(pre="").output.front,
+           "results/spnas/front.parquet": lambda: checkpoints.spnas_front.get().output.front}
+    return [get[f]() for f in modular_fronts()]
 
 
 def transfer_data(dataset):

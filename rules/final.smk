@@ -1,4 +1,4 @@
-# Final models: architectures picked from the stage-two front (front0, front1, ...) and the
+# Final models: architectures picked from the modular front (front0, front1, ...) and the
 # paper's named models E0..E5, switched from GN+WS to BatchNorm, trained longer with flip and
 # scale-jitter augmentation, evaluated with the official COCO metrics. Hand-designed baselines
 # (results/baselines/: Faster R-CNN, RetinaNet, Cascade R-CNN with ResNet-FPN backbones at the
@@ -6,7 +6,8 @@
 
 
 checkpoint final_arch:
-    """The architecture of a final model: front{i} of the stage-two front or a paper model, in BN.
+    """The architecture of a final model: front{i} of the modular front (stage two's, SP-NAS's or
+    both, config modular_method) or a paper model, in BN.
     Its own step, so transfer training starts beside final training, not after it."""
     input:
         front=final_front,
@@ -15,7 +16,7 @@ checkpoint final_arch:
     params:
         name=lambda wc: wc.name,
         picks=config["final"]["from_front"],
-        cost=config["stage2"]["cost"],
+        cost=config["spnas"]["cost"] if config.get("modular_method") == "spnas" else config["stage2"]["cost"],
         paper_input_size=config["final"].get("paper_input_size"),
     log:
         "results/logs/final/{name}/arch.log",

@@ -5,7 +5,7 @@ rule report_plots:
     """Backbone factors vs mAP (all models and the front), and the final/transfer metrics table."""
     input:
         "results/stage1/front.parquet",  # unnamed: dependencies only
-        "results/stage2/front.parquet",
+        modular_fronts,
         populations=last_populations,
         final=final_targets,
         baselines=lambda wc: baseline_targets() if config["baselines"].get("in_all") else [],

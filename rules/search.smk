@@ -34,18 +34,18 @@ checkpoint groups:
 checkpoint sample:
     """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation."""
     input:
-        population=previous_population,
-        groups=lambda wc: f"results/{prefix_of(wc.search)}stage2/groups.parquet" if stage_of(wc.search) == "stage2" else [],
+        population=sample_population,
+        # stage two's groups (SP-NAS searches inside the same structures)
+        groups=lambda wc: f"results/{prefix_of(wc.search)}stage2/groups.parquet" if stage_of(wc.search) != "stage1" else [],
         train_json=search_data()["train_json"],  # the class count, for stage two's cost
     output:
         table="results/{search}/gen{gen}/candidates.parquet",
     params:
         stage=lambda wc: stage_of(wc.search),
-        group=lambda wc: wc.search.removeprefix("random/").partition("/")[2],
+        group=lambda wc: group_of(wc.search),
         generation=lambda wc: int(wc.gen),
         seed=config["seed"],
-        # only what sampling reads, so an edit elsewhere (training lr, say) does not resample
-        settings=lambda wc: {k: config[stage_of(wc.search)][k] for k in ("population", "space", "cost")},
+        settings=lambda wc: sample_settings(wc.search),
         detector=config["detector"],
         candidates_dir=lambda wc: f"results/{stage_of(wc.search)}/candidates",
         strategy=lambda wc: "random" if prefix_of(wc.search) else "evolution",
@@ -68,6 +68,7 @@ rule train:
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
         weights=candidate_weights,  # stage1.init: pretrained backbone weights, or none
+        init=candidate_init,  # SP-NAS: the detector weights a child inherits (rules/spnas.smk)
     params:
         data=search_data(),
         options=lambda wc: stage_options(wc.stage),
@@ -168,7 +169,7 @@ checkpoint front:
     """A search's Pareto front after its last generation (stage one's is read by stage two)."""
     input:
         populations=lambda wc: [f"results/{wc.search}/gen{g}/population.parquet"
-                                for g in range(last_gen(stage_of(wc.search)) + 1)],
+                                for g in range(last_gen_of(wc.search) + 1)],
     output:
         front="results/{search}/front.parquet",
         plot=report("results/{search}/fronts.png", category="Search", subcategory="{search}",

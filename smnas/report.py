@@ -50,18 +50,20 @@ def plot_fronts(populations: list[pd.DataFrame], cost: str, path: str | Path, ti
     _finish(fig, ax, COST_LABELS.get(cost, cost), title, path, legend_size=8)
 
 
-def plot_group_fronts(fronts: list[pd.DataFrame], union: pd.DataFrame, cost: str, path: str | Path) -> None:
-    """Each stage-two group's front in its own colour, and the front over all groups."""
+def plot_group_fronts(fronts: list[pd.DataFrame], union: pd.DataFrame, cost: str, path: str | Path,
+                      labels: list[str] | None = None, title: str = "stage2: each group's front and the union") -> None:
+    """Each search's front in its own colour (``labels``, default "group C0", ...), and the
+    front over all of them."""
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     colours = plt.cm.tab10(np.arange(len(fronts)) % 10)
-    for front, colour in zip(fronts, colours):
+    for i, (front, colour) in enumerate(zip(fronts, colours)):
         if len(front):
             f = front.sort_values(cost)
-            label = f"group {f['group'].iloc[0]}" if "group" in f else "group"
+            label = labels[i] if labels else f"group {f['group'].iloc[0]}" if "group" in f else "group"
             ax.plot(f[cost], f["map"], "o-", c=colour, ms=5, alpha=0.8, label=label)
     u = union.sort_values(cost)
-    ax.plot(u[cost], u["map"], "k--", lw=1, label="front over all groups", zorder=5)
-    _finish(fig, ax, COST_LABELS.get(cost, cost), "stage2: each group's front and the union", path, legend_size=8)
+    ax.plot(u[cost], u["map"], "k--", lw=1, label="front over all", zorder=5)
+    _finish(fig, ax, COST_LABELS.get(cost, cost), title, path, legend_size=8)
 
 
 def write_front(populations: list[str | Path], cost: str, front_out: str | Path, plot_out: str | Path, title: str) -> pd.DataFrame:

@@ -146,3 +146,20 @@ def test_evaluate_candidate_passes_the_data_and_latency_settings_on(tmp_path, mo
     args, kwargs = calls["time"]
     assert args == (spec, OPTS, tmp_path, DATA) and kwargs == {"num_images": 7, "device": "cpu", "runs": 3}
     assert row["row"][0][:2] == (spec, DATA)
+
+
+def test_a_folder_whose_architecture_changed_does_not_resume_the_old_checkpoint(tmp_path):
+    """results/final/front0/ gets another architecture when the front changes: its old last.pt
+    must not be loaded into the new model (it would fail on every key), and a same-arch rerun
+    still resumes."""
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=0.01, warmup_iters=1, seed=0)
+    first = parse_spec(TINY_SPEC)
+    train_candidate(first, DATA, cfg, OPTS, tmp_path, progress=False)
+    assert (tmp_path / "train" / "last.pt").exists()
+    other = parse_spec(TINY_SPEC.replace("fpn:P2-P4:c16", "fpn:P2-P4:c32"))  # every FPN tensor changes shape
+    assert other != first
+    result = train_candidate(other, DATA, cfg, OPTS, tmp_path, progress=False)
+    assert result["status"] == "ok" and result["arch"] == str(other) and len(result["history"]) == 2
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    build_detector(other, OPTS).load_state_dict(state)  # the new architecture's weights
+    assert (tmp_path / "train" / "arch.txt").read_text().strip() == str(other)

@@ -274,3 +274,56 @@ def test_agreement_retrains_the_search_candidates_with_the_final_recipe(full_run
         m = json.loads((res / "agreement" / spec_hash(arch) / "metrics.json").read_text())
         assert m["arch"] == arch.replace("+gnws", "+bn") and 0 <= m["map"] <= 1
         assert json.loads((res / "agreement" / spec_hash(arch) / "train.json").read_text())["train"]["schedule"] == "step"
+
+
+def test_spnas_serial_with_a_reignite_then_parallel_and_a_final_model_from_its_front(full_run, tmp_path):
+    """modular_method spnas on the finished tiny run (a copy: stage one is reused): the serial
+    search grows a pretrained start network, generation 2 reignites (config_tiny: min_gain 1000),
+    the parallel search widens the serial best, and front0 comes from SP-NAS's front."""
+    import shutil
+
+    from smnas.models.encoding import parse_encoding
+    from smnas.models.spec import parse_spec, spec_hash
+
+    work = tmp_path / "wf"
+    shutil.copytree(full_run, work, symlinks=True)  # copy2 keeps modification times: nothing reruns
+    run(work, "spnas", "final", "--config", "modular_method=spnas")
+    res = work / "results"
+    cands = res / "spnas" / "candidates"
+    for group in ("C0", "C1"):
+        serial = res / "spnas" / group / "serial"
+        _check_tables_agree(serial, cands, 3, "gmacs")
+        pop = pd.read_parquet(serial / "gen2" / "population.parquet")
+        assert pop.groupby("generation")["init"].agg(set).to_dict() == {0: {"pretrained"}, 1: {"inherited"},
+                                                                        2: {"reignited"}}
+        start = pop[(pop["generation"] == 0) & (pop["parent"] == "")]
+        assert len(start) == 1 and parse_spec(start["arch"].iloc[0]).backbone.name.startswith("basicblock_8_")
+        for row in pop.itertuples():
+            parent = json.loads((cands / spec_hash(row.arch) / "parent.json").read_text())
+            weights = Path(parent["weights"])
+            if row.init == "inherited":  # the parent's trained detector
+                assert weights == Path("results/spnas/candidates") / spec_hash(row.parent) / "model.pt"
+            else:  # a pretraining of the start network, or of the parent again (reignite)
+                key = parse_spec(row.parent or row.arch).backbone.name + "+gnws"
+                assert weights == Path("results/pretrained") / key / "weights.pt"
+            assert (work / weights).exists() and (cands / spec_hash(row.arch) / "init.pt").exists()
+        log = (res / "logs" / "spnas" / "candidates" / spec_hash(pop["arch"].iloc[-1]) / "inherit.log").read_text()
+        assert "tensors inherited" in log
+        parallel = res / "spnas" / group / "parallel"
+        _check_tables_agree(parallel, cands, 1, "gmacs")
+        wide = pd.read_parquet(parallel / "gen0" / "population.parquet")
+        best = pop[pop["front_rank"] == 0].sort_values(["map", "gmacs"], ascending=[False, True])["arch"].iloc[0]
+        assert len(wide) == 2 and (wide["parent"] == best).all()
+        for arch in wide["arch"]:  # the serial best's trunk with parallel copies
+            enc = parse_encoding(parse_spec(arch).backbone.name)
+            assert str(enc.serial) == parse_spec(best).backbone.name and any(enc.parallel)
+    fronts = [pd.read_parquet(res / "spnas" / g / p / "front.parquet") for g in ("C0", "C1") for p in ("serial", "parallel")]
+    both = pd.concat(fronts, ignore_index=True)
+    union = pd.read_parquet(res / "spnas" / "front.parquet")
+    non_dominated = {r.arch for r in both.itertuples()
+                     if not ((both["map"] >= r.map) & (both["gmacs"] <= r.gmacs) & ((both["map"] > r.map) | (both["gmacs"] < r.gmacs))).any()}
+    assert set(union["arch"]) == non_dominated
+    front0 = parse_spec((res / "final" / "front0" / "arch.txt").read_text())
+    best = union.sort_values(["map", "gmacs"], ascending=[False, True])["arch"].iloc[0]
+    assert front0 == parse_spec(best).with_norm("bn")
+    assert 0 <= json.loads((res / "final" / "front0" / "metrics.json").read_text())["map"] <= 1

@@ -28,7 +28,7 @@ from smnas.engine.inference import predict
 from smnas.engine.measure import measure_latency
 from smnas.engine.train import TrainConfig, train
 from smnas.evaluation import coco_evaluate, voc_map50, write_detections
-from smnas.io import atomic_path, atomic_write_json
+from smnas.io import atomic_open, atomic_path, atomic_write_json
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.spec import DetectorSpec
 
@@ -62,10 +62,13 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts: DetectorOptions,
                     workdir: str | Path, device: str = "cpu", progress: bool | None = None,
-                    scale_jitter: tuple[float, float] | None = None) -> dict[str, Any]:
+                    scale_jitter: tuple[float, float] | None = None,
+                    init_state: str | Path | None = None) -> dict[str, Any]:
     """Train ``spec``; write ``model.pt`` and ``train.json`` (status, reason, seconds, history).
 
-    Resumes from ``workdir/train/last.pt`` when an earlier run was interrupted.
+    Resumes from ``workdir/train/last.pt`` when an earlier run was interrupted. ``init_state``:
+    a whole detector's state dict to start from (an SP-NAS child's inherited weights, written by
+    :func:`smnas.models.morph.inherit_detector`); every key must fit.
     """
     workdir = Path(workdir)
     coco = load_coco(data.train_json, data.train_images)
@@ -73,7 +76,10 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
     if opts.num_classes != train_set.num_classes:
         raise ValueError(f"DetectorOptions.num_classes={opts.num_classes} but {data.train_json} has {train_set.num_classes} categories")
     torch.manual_seed(cfg.seed)  # the same initial weights for the same spec and seed
+    _forget_other_architecture(workdir / "train", spec)
     model = build_detector(spec, opts)
+    if init_state is not None:
+        _load_init_state(model, spec, init_state)
     try:
         result = train(model, train_set, cfg, workdir / "train", device=device, progress=progress,
                        lock=DeviceLock(device)).to_dict()
@@ -91,6 +97,30 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
             torch.save(model.state_dict(), tmp)
         atomic_write_json(workdir / "train.json", result, indent=2)
     return result
+
+
+def _forget_other_architecture(train_dir: Path, spec: DetectorSpec) -> None:
+    """A folder whose architecture changed (a final model picked again from a new front) must
+    not resume the old one's checkpoint: the run starts afresh. ``arch.txt`` records whose it is."""
+    from smnas.engine.train import CHECKPOINT
+
+    record = train_dir / "arch.txt"
+    if record.exists() and record.read_text().strip() != str(spec) and (train_dir / CHECKPOINT).exists():
+        log.warning("%s: the checkpoint there is %s's, not %s's: starting afresh",
+                    train_dir, record.read_text().strip(), spec)
+        (train_dir / CHECKPOINT).unlink()
+    if dist_env().is_main:
+        with atomic_open(record) as f:
+            f.write(f"{spec}\n")
+
+
+def _load_init_state(model: torch.nn.Module, spec: DetectorSpec, path: str | Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"{path}: initial weights do not fit {spec}: e.g. {bad[:3]} (written for another architecture?)")
+    model.load_state_dict(state)
 
 
 def _load_model(spec: DetectorSpec, opts: DetectorOptions, workdir: Path, device: str) -> torch.nn.Module:

@@ -223,3 +223,62 @@ def _inherit_parallel(src: Mapping[str, Tensor], dst: Mapping[str, Tensor], pare
                     dst[k].copy_(dst[trunk + k[len(names[0]):]])
             from_trunk.append(names[0][:-1])
     return pairs, from_trunk
+
+
+_BODY = "backbone.body."
+
+
+@dataclass(frozen=True)
+class DetectorInheritReport:
+    """What :func:`inherit_detector` did: the backbone's report, and the other detector tensors.
+
+    Attributes:
+        backbone: the morph of the backbone (keys relative to ``backbone.body``).
+        copied_rest: neck, RPN and head tensors copied (same name and shape in the parent).
+        fresh_rest: neck, RPN and head tensors left as built (none in a backbone-only parent).
+    """
+
+    backbone: InheritReport
+    copied_rest: tuple[str, ...]
+    fresh_rest: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"backbone: {self.backbone}; neck and heads: {len(self.copied_rest)} inherited, {len(self.fresh_rest)} fresh"
+
+
+def inherit_detector(parent: Mapping[str, Tensor], parent_enc: Encoding, child: nn.Module,
+                     child_enc: Encoding) -> DetectorInheritReport:
+    """Start detector ``child`` from a parent's weights across a backbone morph (in place).
+
+    Args:
+        parent: a parent detector's state dict (keys ``backbone.body.*``, ``backbone.neck.*``,
+            ``rpn.*``, ``roi_heads.*``: a trained candidate's ``model.pt``), or a backbone's alone
+            (a pretraining's ``weights.pt``, keys as ``conv1.weight``).
+        parent_enc: the parent's backbone encoding.
+        child: the child detector (:func:`smnas.models.build.build_detector`), whose backbone
+            body is built from ``child_enc``.
+        child_enc: the child's backbone encoding (same block type and normalisation).
+
+    Returns:
+        A :class:`DetectorInheritReport`. The backbone follows :func:`inherit_weights`; every
+        other tensor is copied when the parent has one of that name and shape (the neck, RPN and
+        head of one structure keep their shapes unless a level's channels changed).
+
+    Raises:
+        SpecError: the parent's backbone weights do not fit ``parent_enc`` (named), or the child
+            has no ``backbone.body``.
+    """
+    if not hasattr(child, "backbone") or not hasattr(child.backbone, "body"):
+        raise SpecError(f"inherit_detector: the child ({type(child).__name__}) has no backbone.body")
+    if any(k.startswith(_BODY) for k in parent):
+        body = {k[len(_BODY):]: v for k, v in parent.items() if k.startswith(_BODY)}
+        rest = {k: v for k, v in parent.items() if not k.startswith(_BODY)}
+    else:
+        body, rest = dict(parent), {}
+    report = inherit_weights(body, child.backbone.body, parent_enc, child_enc)
+    own = {k: v for k, v in child.state_dict().items() if not k.startswith(_BODY)}
+    copied = [k for k, v in own.items() if k in rest and rest[k].shape == v.shape]
+    with torch.no_grad():
+        for k in copied:
+            own[k].copy_(rest[k])
+    return DetectorInheritReport(report, tuple(copied), tuple(k for k in own if k not in set(copied)))

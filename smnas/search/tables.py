@@ -1,7 +1,8 @@
 """Search tables: one row per evaluated candidate, ranked into Pareto fronts.
 
 Columns (the README documents them): arch (canonical spec string), stage, group (a stage-two
-search group, C0..; "" in stage one), generation, parent,
+search group, C0..; "" in stage one), generation, parent, init (how an SP-NAS candidate
+started: pretrained, inherited or reignited; "" elsewhere),
 status (ok / failed / pruned), reason, map, map50, latency_ms, gmacs, params, device,
 train_seconds, epochs, front_rank (0 = Pareto front; -1 = not ranked: failed or pruned),
 crowding (crowding distance within its front; inf at a front's ends).
@@ -18,7 +19,7 @@ import pandas as pd
 from smnas.io import atomic_path
 from smnas.search.pareto import crowding_distance, non_dominated_sort
 
-COLUMNS = ["arch", "stage", "group", "generation", "parent", "status", "reason", "map", "map50", "map75", "maps", "mapm",
+COLUMNS = ["arch", "stage", "group", "generation", "parent", "init", "status", "reason", "map", "map50", "map75", "maps", "mapm",
            "mapl", "latency_ms", "gmacs", "params", "backbone_gmacs", "backbone_params", "device", "train_seconds",
            "epochs", "front_rank", "crowding"]
 
@@ -51,7 +52,7 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df:
-            df[col] = np.nan if col not in ("arch", "group", "status", "reason", "device", "parent") else ""
+            df[col] = np.nan if col not in ("arch", "group", "status", "reason", "device", "parent", "init") else ""
     return df[COLUMNS]
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from smnas.engine.train import TrainConfig
     from smnas.models.build import DetectorOptions
     from smnas.search.space import StageOneSpace, StageTwoSpace
+    from smnas.workflow.spnas import SPNASSettings
 
 SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
@@ -75,6 +76,7 @@ def check_config(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
             if key in ("root", "train_labels", "val_labels", "train_images", "val_images") and path and not Path(path).exists():
                 raise ConfigError(f"config transfer.{name}.{key}: {path} does not exist")
     _check_init(config)
+    _check_spnas(config)
     from smnas.models.paper import PAPER_MODELS
 
     unknown = [m for m in config["final"]["paper_models"] if m not in PAPER_MODELS]
@@ -101,6 +103,43 @@ def _check_init(config: dict[str, Any]) -> None:
         if missing:
             raise ConfigError(f"config detector.backbone_weights: stage1.init is weights, but no file is set for "
                               f"{', '.join(missing)} (local torchvision ImageNet checkpoints)")
+
+
+def modular_methods(config: dict[str, Any]) -> list[str]:
+    """The modular searches the config runs: ["smnas"] (stage two, the default), ["spnas"], or both."""
+    method = config.get("modular_method", "smnas")
+    return ["smnas", "spnas"] if method == "both" else [method]
+
+
+def _check_spnas(config: dict[str, Any]) -> None:
+    if "spnas" not in modular_methods(config):
+        return
+    block = config.get("spnas")
+    if block is None:
+        raise ConfigError(f"config modular_method: {config['modular_method']} needs an spnas block (see config/config.yaml)")
+    if config.get("modular_method") == "both" and block["cost"] != config["stage2"]["cost"]:
+        raise ConfigError(f"config spnas.cost: {block['cost']!r}, but modular_method both compares its front with "
+                          f"stage two's: set it to stage2.cost {config['stage2']['cost']!r}")
+    for phase in ("serial", "parallel"):
+        spnas_settings(spnas_phase_settings(block, phase))
+
+
+def spnas_phase_settings(block: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The plain settings of one SP-NAS phase, as the sample rule passes them: the ``spnas``
+    block's space and cost with the phase's keys (its ``generations`` stay in the workflow)."""
+    keys = {k: v for k, v in block[phase].items() if k != "generations"}
+    return {"phase": phase, "space": block["space"], "cost": block["cost"], **keys}
+
+
+def spnas_settings(settings: dict[str, Any]) -> "SPNASSettings":
+    """Typed SP-NAS settings from :func:`spnas_phase_settings`; ConfigError names the key."""
+    from smnas.workflow.spnas import SPNASSettings
+
+    source = f"config spnas.{settings.get('phase')}"
+    try:
+        return SPNASSettings.from_dict(dict(settings), source)
+    except SmnasError as e:
+        raise ConfigError(str(e).replace(f"{source}.space", "config spnas.space")) from None
 
 
 def search_space(stage: str, space: dict[str, Any]) -> "StageOneSpace | StageTwoSpace":

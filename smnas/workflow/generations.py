@@ -79,9 +79,10 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
 
 
 def candidates_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows with arch/stage/group/generation/parent/status/reason(/cost), plus the folder hash."""
-    df = pd.DataFrame(rows, columns=["arch", "stage", "group", "generation", "parent", "status", "reason", "cost"])
-    df["group"] = [g if isinstance(g, str) else "" for g in df["group"]]
+    """Rows with arch/stage/group/generation/parent/init/status/reason(/cost), plus the folder hash."""
+    df = pd.DataFrame(rows, columns=["arch", "stage", "group", "generation", "parent", "init", "status", "reason", "cost"])
+    for col in ("group", "init"):
+        df[col] = [g if isinstance(g, str) else "" for g in df[col]]
     df["generation"] = df["generation"].astype(int)
     df["hash"] = [spec_hash(a) for a in df["arch"]]
     df["cost"] = df["cost"].astype(float)
@@ -115,10 +116,11 @@ def rank_generation(candidates: str | Path, metrics: list[str | Path], previous:
     for path in metrics:
         row = json.loads(Path(path).read_text())
         info = meta.loc[row["arch"]]
-        row.update(stage=info["stage"], group=info["group"], generation=int(info["generation"]), parent=info["parent"])
+        row.update(stage=info["stage"], group=info["group"], generation=int(info["generation"]), parent=info["parent"],
+                   init=info.get("init", ""))
         rows.append(row)
     for _, pruned in table[table["status"] == "pruned"].iterrows():
-        rows.append({k: pruned[k] for k in ("arch", "stage", "group", "generation", "parent", "status", "reason")}
+        rows.append({k: pruned.get(k, "") for k in ("arch", "stage", "group", "generation", "parent", "init", "status", "reason")}
                     | ({cost: pruned["cost"]} if "cost" in pruned and pd.notna(pruned["cost"]) else {}))
     new = make_table(rows)
     frames = [pd.read_parquet(p) for p in previous] + [new]

@@ -93,6 +93,9 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
     from smnas.workflow.config import detector_options, search_space
     from smnas.workflow.generations import StageSettings, sample_generation, write_arch_files
 
+    if stage == "spnas":
+        _sample_spnas(population, groups, table, group, generation, seed, settings, candidates_dir)
+        return
     typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"],
                           strategy)
     structure, cost = None, None
@@ -103,6 +106,33 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
     df = sample_generation(stage, generation, typed, seed, population=_one(population), group=group,
                            structure=structure, cost=cost)
     write_arch_files(df, candidates_dir)
+    write_table(df, table)
+
+
+def _sample_spnas(population: list[str], groups: str | list[str], table: str, group: str, generation: int,
+                  seed: int, settings: dict[str, Any], candidates_dir: str) -> None:
+    """An SP-NAS generation (:mod:`smnas.workflow.spnas`): ``group`` is "C0/serial" or "C0/parallel"."""
+    import pandas as pd
+
+    from smnas.search.tables import write_table
+    from smnas.workflow.config import spnas_settings
+    from smnas.workflow.generations import candidates_table, write_arch_files
+    from smnas.workflow.spnas import parallel_generation, serial_generation, write_parent_files
+
+    name, _, phase = group.partition("/")
+    typed = spnas_settings(settings)
+    key = f"spnas/{group}"
+    if phase == "serial":
+        structure = pd.read_parquet(_one(groups)).set_index("group").loc[name, "structure"]
+        rows = serial_generation(generation, typed, seed, key, structure, _one(population), candidates_dir)
+    else:
+        rows = parallel_generation(generation, typed, seed, key, _one(population), candidates_dir)
+    for row in rows:
+        row.update(group=name)
+        log.info("%s %s (parent %s, %s from %s)", key, row["arch"], row["parent"] or "-", row["init"], row["weights"])
+    df = candidates_table(rows)
+    write_arch_files(df, candidates_dir)
+    write_parent_files(rows, candidates_dir)
     write_table(df, table)
 
 
@@ -135,9 +165,11 @@ def front(populations: list[str], front: str, plot: str, cost: str, title: str) 
     write_front(populations, cost, front, plot, title)
 
 
-def union_front(fronts: list[str], front: str, plot: str, cost: str) -> None:
-    """Stage two's front: the non-dominated set of its groups' fronts; each group's front and the
-    union on one plot (the paper's Figure 4, per group)."""
+def union_front(fronts: list[str], front: str, plot: str, cost: str, labels: list[str] | None = None,
+                title: str = "stage2: each group's front and the union") -> None:
+    """A modular search's front: the non-dominated set of its searches' fronts (stage two's
+    groups; SP-NAS's groups and phases, ``labels``); each front and the union on one plot (the
+    paper's Figure 4, per group)."""
     import pandas as pd
 
     from smnas.report import plot_group_fronts
@@ -147,23 +179,26 @@ def union_front(fronts: list[str], front: str, plot: str, cost: str) -> None:
     tables = [pd.read_parquet(f) for f in fronts]
     both = union(tables, cost)
     write_table(both, front)
-    plot_group_fronts(tables, both, cost, plot)
+    plot_group_fronts(tables, both, cost, plot, labels, title)
 
 
 # ---- one model -----------------------------------------------------------------------------
 
 def train(arch: str, train_json: str, val_json: str, model: str, status: str, data: dict[str, str],
-          options: dict[str, Any], weights: str | list[str] = (), gpus: int = 1, threads: int = 1) -> None:
+          options: dict[str, Any], weights: str | list[str] = (), init: str | list[str] = (), gpus: int = 1,
+          threads: int = 1) -> None:
     """Train one model (a candidate, a final or a transfer model) into the folder of ``model``.
 
-    ``weights``: the backbone's initial weights (pretrained), or none. ``gpus`` > 1: data-parallel
-    on that many devices of this node, through ``torchrun`` (global batch = batch size x gpus).
+    ``weights``: the backbone's initial weights (pretrained), or none. ``init``: the whole
+    detector's initial weights (an SP-NAS child's, from :func:`inherit`), or none. ``gpus`` > 1:
+    data-parallel on that many devices of this node, through ``torchrun`` (global batch = batch
+    size x gpus).
     """
     if gpus > 1:
         from smnas.workflow.launch import run_distributed
 
         run_distributed("train", gpus, arch=arch, train_json=train_json, val_json=val_json, model=model,
-                        status=status, data=data, options=options, weights=weights)
+                        status=status, data=data, options=options, weights=weights, init=init)
         return
     import torch
 
@@ -177,9 +212,38 @@ def train(arch: str, train_json: str, val_json: str, model: str, status: str, da
     jitter = options.get("scale_jitter")
     opts = detector_options(options, _num_classes(paths.train_json), _one(weights))
     train_candidate(parse_spec(text), paths, train_config(options), opts, Path(model).parent,
-                    device=options["device"], progress=False, scale_jitter=tuple(jitter) if jitter else None)
+                    device=options["device"], progress=False, scale_jitter=tuple(jitter) if jitter else None,
+                    init_state=_one(init))
     if dist_env().is_main:  # under torchrun only rank 0 writes
         _check_written(model, status)
+
+
+def inherit(arch: str, parent: str, weights: str | list[str], train_json: str, init: str, options: dict[str, Any]) -> None:
+    """An SP-NAS child's initial detector weights (``init``): its parent's (``parent.json`` names
+    the parent's architecture; ``weights`` is the parent's trained ``model.pt`` or a pretrained
+    backbone) carried across the morph (:func:`smnas.models.morph.inherit_detector`); layers the
+    morph creates start as the method says, the rest as a fresh build with the run's seed."""
+    import json
+
+    import torch
+
+    from smnas.io import atomic_path
+    from smnas.models.build import build_detector
+    from smnas.models.encoding import parse_encoding
+    from smnas.models.morph import inherit_detector
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options
+
+    info = json.loads(Path(parent).read_text())
+    child, source = parse_spec(_read_arch(arch)), parse_spec(info["arch"])
+    torch.manual_seed(options["seed"])
+    model = build_detector(child, detector_options(options, _num_classes(train_json)))
+    state = torch.load(_one(weights), map_location="cpu", weights_only=True)
+    report = inherit_detector(state, parse_encoding(source.backbone.name), model,
+                              parse_encoding(child.backbone.name))
+    log.info("%s <- %s (%s, %s): %s", child, source, info["init"], _one(weights), report)
+    with atomic_path(init) as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def time(arch: str, model: str, status: str, latency: str, data: dict[str, str], options: dict[str, Any],
@@ -263,15 +327,19 @@ def pretrain(data: str | list[str], weights: str, metrics: str, key: str, data_r
 
 def final_arch(front: str | list[str], arch: str, name: str, picks: int, cost: str,
                paper_input_size: list[int] | None) -> None:
-    """Write final model ``name``'s architecture (:func:`smnas.workflow.finals.final_arch`)."""
+    """Write final model ``name``'s architecture (:func:`smnas.workflow.finals.final_arch`) from
+    the modular front(s) ``front``: stage two's, SP-NAS's, or the non-dominated set of both."""
     import pandas as pd
 
     from smnas.io import atomic_open
     from smnas.workflow.finals import final_arch as pick
 
-    path = _one(front)
-    spec = pick(name, pd.read_parquet(path) if path else None, picks, cost,
-                tuple(paper_input_size) if paper_input_size else None)
+    from smnas.workflow.generations import union_front
+
+    paths = [front] if isinstance(front, str) else list(front)  # one modular method's front, or both
+    table = (pd.read_parquet(paths[0]) if len(paths) == 1
+             else union_front([pd.read_parquet(p) for p in paths], cost)) if paths else None
+    spec = pick(name, table, picks, cost, tuple(paper_input_size) if paper_input_size else None)
     with atomic_open(arch) as f:
         f.write(f"{spec}\n")
     log.info("final model %s: %s", name, spec)

@@ -50,6 +50,8 @@ JOBS: dict[str, Job] = {
     "rank": Job("rank"),
     "front": Job("front"),
     "stage2_front": Job("union_front"),
+    "inherit": Job("inherit", start_server=True),
+    "spnas_front": Job("union_front"),
     "final_arch": Job("final_arch"),
     "baseline_arch": Job("baseline_arch"),
     "agreement_arch": Job("agreement_arch"),
