@@ -22,6 +22,8 @@ rule inherit:
         options=stage_options("spnas") if "spnas" in config else {},
     log:
         "results/logs/spnas/candidates/{hash}/inherit.log",
+    benchmark:
+        "results/benchmarks/spnas/{hash}.inherit.tsv"
     threads: 1
     resources:
         mem_mb=4000,
