@@ -35,13 +35,18 @@ def last_gen(stage):
 def last_gen_of(search):
     """The last generation of a search (an SP-NAS phase has its own count)."""
     if stage_of(search) == "spnas":
-        return config["spnas"][search.rpartition("/")[2]]["generations"] - 1
+        return config["spnas"][phase_of(search)]["generations"] - 1
     return last_gen(stage_of(search))
 
 
 def stage_of(search):
     """stage1 -> stage1; stage2/C3 -> stage2; random/stage2/C3 -> stage2; spnas/C0/serial -> spnas."""
     return search.removeprefix("random/").partition("/")[0]
+
+
+def phase_of(search):
+    """spnas/C0/serial -> serial (an SP-NAS search's phase)."""
+    return Path(search).name
 
 
 def group_of(search):
@@ -56,7 +61,7 @@ def sample_settings(search):
 
     stage = stage_of(search)
     if stage == "spnas":
-        return spnas_phase_settings(config["spnas"], search.rpartition("/")[2])
+        return spnas_phase_settings(config["spnas"], phase_of(search))
     return {k: config[stage][k] for k in ("population", "space", "cost")}
 
 
@@ -133,8 +138,9 @@ def previous_population(wildcards):
 def sample_population(wildcards):
     """What generation g samples from: the previous population; for SP-NAS's parallel phase,
     generation 0 widens the best network of its group's serial search (its last population)."""
-    if wildcards.search.startswith("spnas/") and wildcards.search.endswith("/parallel") and int(wildcards.gen) == 0:
-        serial = wildcards.search.replace("/parallel", "/serial")
+    search = wildcards.search
+    if stage_of(search) == "spnas" and phase_of(search) == "parallel" and int(wildcards.gen) == 0:
+        serial = str(Path(search).with_name("serial"))
         return [f"results/{serial}/gen{last_gen_of(serial)}/population.parquet"]
     return previous_population(wildcards)
 
