@@ -98,12 +98,17 @@ def test_no_reignite_before_patience_generations_were_compared():
     assert stalled(pop.loc[pop["generation"] == 0], 1, settings(patience=1))[0] is False
 
 
-def test_serial_children_inherit_the_parents_model_or_a_reignited_backbone(tmp_path):
+def evaluated_generation_zero(tmp_path) -> tuple[pd.DataFrame, object]:
+    """Serial generation 0, evaluated (mAP 0.1, 0.2, 0.3 at 1, 2, 3 GMACs) and ranked, on disk."""
     rows = serial_generation(0, settings(), 0, "spnas/C0/serial", STRUCTURE, None, "cands")
     pop = rank_population(make_table([{**r, "status": "ok", "map": 0.1 * (i + 1), "gmacs": 1.0 + i, "group": "C0"}
                                       for i, r in enumerate(rows)]), "gmacs")
-    path = tmp_path / "pop.parquet"
-    pop.to_parquet(path)
+    pop.to_parquet(tmp_path / "gen0.parquet")
+    return pop, tmp_path / "gen0.parquet"
+
+
+def test_serial_children_inherit_the_parents_model_or_a_reignited_backbone(tmp_path):
+    pop, path = evaluated_generation_zero(tmp_path)
     grown = serial_generation(1, settings(min_gain=0.0), 0, "spnas/C0/serial", STRUCTURE, path, "cands")
     front = set(pop.loc[pop["front_rank"] == 0, "arch"])
     assert grown and all(r["parent"] in front and r["arch"] not in set(pop["arch"]) for r in grown)
@@ -117,11 +122,7 @@ def test_serial_children_inherit_the_parents_model_or_a_reignited_backbone(tmp_p
 
 
 def test_parallel_candidates_widen_the_serial_best_under_the_limit(tmp_path):
-    rows = serial_generation(0, settings(), 0, "spnas/C0/serial", STRUCTURE, None, "cands")
-    pop = rank_population(make_table([{**r, "status": "ok", "map": 0.1 * (i + 1), "gmacs": 1.0 + i, "group": "C0"}
-                                      for i, r in enumerate(rows)]), "gmacs")
-    path = tmp_path / "serial.parquet"
-    pop.to_parquet(path)
+    pop, path = evaluated_generation_zero(tmp_path)
     best = pop.sort_values("map")["arch"].iloc[-1]
     s = settings("parallel", max_gmacs_ratio=2.0)
     out = parallel_generation(0, s, 0, "spnas/C0/parallel", path, "cands")
