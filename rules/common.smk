@@ -150,16 +150,25 @@ def candidate_init(wildcards):
     return [f"results/spnas/candidates/{wildcards.hash}/init.pt"] if wildcards.stage == "spnas" else []
 
 
-def parent_weights(wildcards):
-    """The file an SP-NAS child inherits from, as its sample step wrote it in parent.json: the
-    parent's trained model.pt, or a pretrained backbone (the start network; a reignite)."""
+def _parent(wildcards):
     import json
 
     path = Path(f"results/spnas/candidates/{wildcards.hash}/parent.json")
     if not path.exists():
         raise WorkflowError(f"{path} does not exist: SP-NAS candidates are made by their generation's sample step "
                             "(ask for a search target, e.g. `snakemake spnas`, not for one candidate)")
-    return [json.loads(path.read_text())["weights"]]
+    return json.loads(path.read_text())
+
+
+def parent_weights(wildcards):
+    """The file an SP-NAS child inherits from, as its sample step wrote it in parent.json: the
+    parent's trained model.pt, or a pretrained backbone (the start network; a reignite)."""
+    return [_parent(wildcards)["weights"]]
+
+
+def parent_detector(wildcards):
+    """After a reignite, the parent's trained model.pt too (its neck and heads)."""
+    return [d for d in [_parent(wildcards).get("detector")] if d]
 
 
 def stage_options(stage):

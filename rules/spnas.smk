@@ -15,6 +15,7 @@ rule inherit:
         arch="results/spnas/candidates/{hash}/arch.txt",
         parent="results/spnas/candidates/{hash}/parent.json",
         weights=parent_weights,  # the parent's model.pt, or a pretrained backbone (start, reignite)
+        detector=parent_detector,  # after a reignite: the parent's model.pt (neck and heads)
         train_json=search_data()["train_json"],
     output:
         init="results/spnas/candidates/{hash}/init.pt",

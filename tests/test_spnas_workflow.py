@@ -119,6 +119,7 @@ def test_serial_children_inherit_the_parents_model_or_a_reignited_backbone(tmp_p
     for r in reignited:
         key = parse_spec(r["parent"]).backbone.name
         assert r["init"] == "reignited" and r["weights"] == f"results/pretrained/{key}+gnws/weights.pt"
+        assert r["detector"] == f"cands/{spec_hash(r['parent'])}/model.pt"  # neck and heads
 
 
 def test_parallel_candidates_widen_the_serial_best_under_the_limit(tmp_path):
@@ -142,7 +143,8 @@ def test_parent_files_are_written_once(tmp_path):
     rows = serial_generation(0, settings(), 0, "spnas/C0/serial", STRUCTURE, None, str(tmp_path))
     write_parent_files(rows, tmp_path)
     first = tmp_path / spec_hash(rows[0]["arch"]) / "parent.json"
-    assert json.loads(first.read_text()) == {"arch": rows[0]["arch"], "weights": rows[0]["weights"], "init": "pretrained"}
+    assert json.loads(first.read_text()) == {"arch": rows[0]["arch"], "weights": rows[0]["weights"], "detector": "",
+                                             "init": "pretrained"}
     write_parent_files([{**rows[0], "weights": "elsewhere.pt"}], tmp_path)
     assert json.loads(first.read_text())["weights"] == rows[0]["weights"]
 
@@ -189,6 +191,25 @@ def test_the_inherit_job_carries_a_trained_parent_across_an_expand(tmp_path, tin
     with torch.no_grad():
         a, b = model.backbone(x), child_model.backbone(x)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_a_reignited_child_takes_its_backbone_from_the_pretraining_and_the_rest_from_the_parent(tmp_path, tiny_coco):
+    parent = "basicblock_8_11-21-21-21+fpn:P2-P4:c16+rpn+2fc:32+96x72+gnws"
+    child = "basicblock_8_11-211-21-21+fpn:P2-P4:c16+rpn+2fc:32+96x72+gnws"
+    trained, pretrained = _detector(parent, 1), _detector(parent, 2).backbone.body  # two different sets of weights
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    torch.save(pretrained.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "arch.txt").write_text(child + "\n")
+    (tmp_path / "parent.json").write_text(json.dumps({"arch": parent, "weights": "weights.pt", "detector": "model.pt",
+                                                      "init": "reignited"}))
+    jobs.inherit(str(tmp_path / "arch.txt"), str(tmp_path / "parent.json"), [str(tmp_path / "weights.pt")],
+                 str(tiny_coco["coco_train_json"]), str(tmp_path / "init.pt"), {"seed": 0, "detector": {}},
+                 detector=[str(tmp_path / "model.pt")])
+    init = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert torch.equal(init["backbone.body.layer3.0.conv1.weight"], pretrained.state_dict()["layer3.0.conv1.weight"])
+    assert not torch.equal(init["backbone.body.layer3.0.conv1.weight"], trained.state_dict()["backbone.body.layer3.0.conv1.weight"])
+    for key in ("rpn.head.cls_logits.weight", "roi_heads.box_predictor.bbox_pred.weight"):
+        assert torch.equal(init[key], trained.state_dict()[key]), key
 
 
 def test_the_inherit_job_refuses_a_parent_checkpoint_that_does_not_fit(tmp_path, tiny_coco):

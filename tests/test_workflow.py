@@ -306,6 +306,8 @@ def test_spnas_serial_with_a_reignite_then_parallel_and_a_final_model_from_its_f
             else:  # a pretraining of the start network, or of the parent again (reignite)
                 key = parse_spec(row.parent or row.arch).backbone.name + "+gnws"
                 assert weights == Path("results/pretrained") / key / "weights.pt"
+                if row.init == "reignited":  # neck and heads from the parent's trained detector
+                    assert parent["detector"] == f"results/spnas/candidates/{spec_hash(row.parent)}/model.pt"
             assert (work / weights).exists() and (cands / spec_hash(row.arch) / "init.pt").exists()
         log = (res / "logs" / "spnas" / "candidates" / spec_hash(pop["arch"].iloc[-1]) / "inherit.log").read_text()
         assert "tensors inherited" in log

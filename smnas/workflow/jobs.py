@@ -218,11 +218,14 @@ def train(arch: str, train_json: str, val_json: str, model: str, status: str, da
         _check_written(model, status)
 
 
-def inherit(arch: str, parent: str, weights: str | list[str], train_json: str, init: str, options: dict[str, Any]) -> None:
+def inherit(arch: str, parent: str, weights: str | list[str], train_json: str, init: str, options: dict[str, Any],
+            detector: str | list[str] = ()) -> None:
     """An SP-NAS child's initial detector weights (``init``): its parent's (``parent.json`` names
     the parent's architecture; ``weights`` is the parent's trained ``model.pt`` or a pretrained
-    backbone) carried across the morph (:func:`smnas.models.morph.inherit_detector`); layers the
-    morph creates start as the method says, the rest as a fresh build with the run's seed."""
+    backbone; after a reignite, ``detector`` is the parent's ``model.pt``, whose neck and heads
+    are taken first) carried across the morph (:func:`smnas.models.morph.inherit_detector`);
+    layers the morph creates start as the method says, the rest as a fresh build with the run's
+    seed."""
     import json
 
     import torch
@@ -238,10 +241,10 @@ def inherit(arch: str, parent: str, weights: str | list[str], train_json: str, i
     child, source = parse_spec(_read_arch(arch)), parse_spec(info["arch"])
     torch.manual_seed(options["seed"])
     model = build_detector(child, detector_options(options, _num_classes(train_json)))
-    state = torch.load(_one(weights), map_location="cpu", weights_only=True)
-    report = inherit_detector(state, parse_encoding(source.backbone.name), model,
-                              parse_encoding(child.backbone.name))
-    log.info("%s <- %s (%s, %s): %s", child, source, info["init"], _one(weights), report)
+    morph = parse_encoding(source.backbone.name), parse_encoding(child.backbone.name)
+    for path in filter(None, (_one(detector), _one(weights))):  # the backbone file last: it wins
+        report = inherit_detector(torch.load(path, map_location="cpu", weights_only=True), morph[0], model, morph[1])
+        log.info("%s <- %s (%s, %s): %s", child, source, info["init"], path, report)
     with atomic_path(init) as tmp:
         torch.save(model.state_dict(), tmp)
 

@@ -21,8 +21,8 @@ Reignite. When growth stops paying (:func:`stalled`: the hypervolume of the fron
 than ``min_gain`` of itself over the last ``patience`` generations, and no reignite happened in
 them), the next generation's parents are *reignited*: their backbones are pretrained again on
 the classification data (the pretraining stage, one job per backbone) and their children
-inherit those weights instead of the fine-tuned detector's; at most ``max_reignites`` times per
-search (the authors: twice).
+inherit those backbone weights instead of the fine-tuned detector's (neck and heads still come
+from the parent's detector); at most ``max_reignites`` times per search (the authors: twice).
 
 Parallel phase. On the serial search's most accurate front network, candidates with per-stage
 counts of parallel copies are drawn under a MACs limit, ``max_gmacs_ratio`` times the serial
@@ -118,9 +118,10 @@ def pretrained_weights(arch: DetectorSpec | str, pretrained_dir: str = "results/
     return f"{pretrained_dir}/{backbone_key(spec.backbone.name, spec.backbone.width, spec.norm)}/weights.pt"
 
 
-def _row(arch: DetectorSpec | str, parent: str, generation: int, init: str, weights: str) -> dict[str, Any]:
+def _row(arch: DetectorSpec | str, parent: str, generation: int, init: str, weights: str,
+         detector: str = "") -> dict[str, Any]:
     return {"arch": str(arch), "stage": "spnas", "generation": generation, "parent": parent, "init": init,
-            "status": "pending", "reason": "", "weights": weights}
+            "status": "pending", "reason": "", "weights": weights, "detector": detector}
 
 
 def _serial_children(parents: list[str], n: int, rng, settings: SPNASSettings, taken: set[str]) -> list[tuple[str, str]]:
@@ -205,10 +206,11 @@ def serial_generation(generation: int, settings: SPNASSettings, seed: int, key: 
         raise SmnasError(f"{key} generation {generation}: no evaluated network to grow from in {population}")
     rows = []
     for parent, child in _serial_children(parents, n, rng, settings, set(pop["arch"])):
-        if reignite:
-            rows.append(_row(child, parent, generation, "reignited", pretrained_weights(parent, pretrained_dir)))
+        model = f"{candidates_dir}/{spec_hash(parent)}/model.pt"
+        if reignite:  # the backbone pretrained again; neck and heads still the parent's
+            rows.append(_row(child, parent, generation, "reignited", pretrained_weights(parent, pretrained_dir), model))
         else:
-            rows.append(_row(child, parent, generation, "inherited", f"{candidates_dir}/{spec_hash(parent)}/model.pt"))
+            rows.append(_row(child, parent, generation, "inherited", model))
     return rows
 
 
@@ -258,8 +260,9 @@ def parallel_generation(generation: int, settings: SPNASSettings, seed: int, key
 
 def write_parent_files(rows: list[dict[str, Any]], candidates_dir: str | Path) -> None:
     """``{candidates_dir}/{hash}/parent.json`` of every pending row: the parent's architecture,
-    the weights file the child inherits from, and how it started. Left alone when it exists (a
-    candidate is trained once, from what it was first sampled with)."""
+    the weights file the child inherits from (``weights``; after a reignite also the parent's
+    trained detector, ``detector``, for the neck and heads), and how it started. Left alone when
+    it exists (a candidate is trained once, from what it was first sampled with)."""
     for row in rows:
         if row["status"] != "pending":
             continue
@@ -267,4 +270,5 @@ def write_parent_files(rows: list[dict[str, Any]], candidates_dir: str | Path) -
         if not path.exists():
             parent = row["parent"] or row["arch"]  # the start network inherits its own pretraining
             with atomic_open(path) as f:
-                json.dump({"arch": parent, "weights": row["weights"], "init": row["init"]}, f, indent=2)
+                json.dump({"arch": parent, "weights": row["weights"], "detector": row.get("detector", ""),
+                           "init": row["init"]}, f, indent=2)
