@@ -1,14 +1,16 @@
 """Evidence that the search finds better detectors than hand design and than chance.
 
-    .venv/bin/python bench/evidence.py                    # 3 seeds of the main job (hours on 2 cores)
+    .venv/bin/python bench/evidence.py                    # 3 seeds (about an hour and a half on 2 cores)
     .venv/bin/python bench/evidence.py --seeds 0 --out runs/evidence
     .venv/bin/python bench/evidence.py --analyse runs/evidence   # only the tables of an earlier run
 
-For each seed, one workflow run (config/config.yaml with that seed, the hand-designed baselines
-in `all`) builds, side by side on one machine: the evolutionary search and its final models, the
+For each seed, one workflow run (config/config.yaml with that seed, a longer search than the
+main job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along
+the front) builds, side by side on one machine: the evolutionary search and its final models, the
 random-search baseline at the same budget (`random_search`), the baselines Faster R-CNN R18/R50-FPN,
 RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe and timed on the same
-device (`baselines`), and every stage-one candidate retrained with the final recipe (`agreement`).
+device (`baselines`), and, for `--agreement-seeds`, every stage-one candidate retrained with the
+final recipe (`agreement`). The transfer targets are not run.
 Then it prints:
 
 1. for each baseline, the fastest searched final model at least as accurate, with its speed ratio
@@ -20,7 +22,7 @@ Then it prints:
 3. search-to-final agreement: Kendall tau between the short-training mAP of the stage-one
    candidates and their mAP after the final recipe;
 and draws `evidence.png`: the searched models and the baselines on one mAP-vs-latency plot.
-The seed-to-seed signal of single candidates is bench/signal.py's.
+The seed-to-seed signal of single candidates is bench/search_signal.py's.
 """
 from __future__ import annotations
 
@@ -43,14 +45,21 @@ from smnas.search.pareto import hypervolume  # noqa: E402
 from smnas.search.tables import rank_population  # noqa: E402
 
 
-def run_seed(workdir: Path, seed: int, cores: int) -> None:
-    """One workflow run: the search, final models, baselines, random search and agreement."""
+def overlay(seed: int, stage1_generations: int, stage2_generations: int, from_front: int) -> dict:
+    """The main job's config with this seed, a longer search and more final picks."""
+    return {"seed": seed, "baselines": {"in_all": True}, "stage1": {"generations": stage1_generations},
+            "stage2": {"generations": stage2_generations}, "final": {"from_front": from_front}}
+
+
+def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bool, base: Path) -> None:
+    """One workflow run: the search, final models, baselines, random search (and agreement)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    overlay = workdir / "evidence.yaml"
-    overlay.write_text(yaml.safe_dump({"seed": seed, "baselines": {"in_all": True}}))
+    (workdir / "base.yaml").write_text(base.read_text())
+    path = workdir / "evidence.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    targets = ["stage1", "stage2", "final", "baselines", "random_search"] + (["agreement"] if agreement else [])
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", str(cores),
-           "--directory", str(workdir), "all", "random_search", "agreement",
-           "--configfile", str(REPO / "config/config.yaml"), str(overlay)]
+           "--directory", str(workdir), *targets, "--configfile", str(workdir / "base.yaml"), str(path)]
     with open(workdir / "snakemake.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -161,9 +170,10 @@ def plot(res: Path, out: Path) -> None:
 
 
 def analyse(root: Path) -> None:
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    cost = {"stage1": cfg["stage1"]["cost"], "stage2": cfg["stage2"]["cost"]}
     seeds = sorted(root.glob("seed*"), key=lambda p: int(p.name[4:]))
+    base = seeds[0] / "base.yaml" if seeds and (seeds[0] / "base.yaml").exists() else REPO / "config/config.yaml"
+    cfg = yaml.safe_load(base.read_text())
+    cost = {"stage1": cfg["stage1"]["cost"], "stage2": cfg["stage2"]["cost"]}
     pd.set_option("display.width", 160)
     wins: dict[str, list[bool]] = {"stage1": [], "stage2": []}
     for seed_dir in seeds:
@@ -185,7 +195,8 @@ def analyse(root: Path) -> None:
                     if {"evolution", "random"} <= set(final.index):
                         wins[stage].append(bool(final["evolution"] > final["random"]))
         tau, n = agreement(res)
-        print(f"search-to-final agreement: Kendall tau {tau:+.3f} over {n} stage-one candidates")
+        if n:
+            print(f"search-to-final agreement: Kendall tau {tau:+.3f} over {n} stage-one candidates")
         plot(res, seed_dir / "evidence.png")
         print(f"figure: {seed_dir / 'evidence.png'}")
     for stage, w in wins.items():
@@ -198,6 +209,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--analyse", type=Path, default=None, help="only analyse the seed*/ folders of an earlier --out")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml",
+                   help="the base configuration (default: the main job's)")
+    p.add_argument("--stage1-generations", type=int, default=4, help="stage one's generations (main job: 2)")
+    p.add_argument("--stage2-generations", type=int, default=3, help="per stage-two group (main job: 2)")
+    p.add_argument("--from-front", type=int, default=3, help="final models along the front (main job: 1)")
+    p.add_argument("--agreement-seeds", type=int, nargs="*", default=[0],
+                   help="seeds that also retrain every stage-one candidate with the final recipe (default: 0)")
     args = p.parse_args()
     if args.analyse:
         analyse(args.analyse)
@@ -205,7 +223,8 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="smnas-evidence-"))
     for seed in args.seeds:
         print(f"seed {seed}: running the workflow in {root / f'seed{seed}'} ...", flush=True)
-        run_seed(root / f"seed{seed}", seed, args.cores)
+        settings = overlay(seed, args.stage1_generations, args.stage2_generations, args.from_front)
+        run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config)
     analyse(root)
 
 
