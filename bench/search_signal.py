@@ -17,13 +17,14 @@ lever. The generated dataset is kept under ``--data-cache`` by its settings and 
 runs with the same settings; trained candidates are never reused across ``--out`` folders (a
 rerun into the same folder resumes the runs that are missing, and refuses other settings).
 
-Dataset difficulty: ``make_dataset`` takes only ``num_train``, ``num_val``, ``image_size`` and
-``seed``. The scene generator's hard-coded constants can be overridden *in this process only*
-to simulate a changed generator (``--scene MAX_OBJECTS=6``; names in ``SCENE_KNOBS``), the
-object size range with ``--object-size LO HI`` (fractions of the shorter image side; the
-generator's is 0.025 0.25 plus ``_P_LARGE`` large ones at 0.27-0.4), and tiny objects can be
-taken out of both training and evaluation with ``--min-area`` (labelled ``iscrowd``: not trained
-on and ignored by COCO evaluation, the objects stay in the pixels).
+Dataset difficulty: the config's ``data.builtin`` scene keys (``smnas.data.scenes.SceneOptions``:
+``object_size``, ``large_share``, ``max_objects``, ``hue_spread``, ``noise``, ``distractors``) are
+used, and each can be overridden: ``--scene max_objects=3 noise=0 distractors=false`` (the
+older constant names ``MAX_OBJECTS``, ``_P_LARGE``, ``_HUE_SPREAD``, ``_NOISE`` are accepted for
+them), the object size range with ``--object-size LO HI`` (fractions of the shorter image side;
+the generator's default is 0.025 0.25 plus a ``large_share`` of 0.25 at 0.27-0.4). Tiny objects
+can be taken out of both training and evaluation with ``--min-area`` (labelled ``iscrowd``: not
+trained on and ignored by COCO evaluation, the objects stay in the pixels).
 
 Outputs in ``--out``: ``settings.json``, ``runs.csv`` (one row per candidate and seed),
 ``summary.csv`` (one row per candidate), ``summary.json`` (everything, with the taus).
@@ -38,7 +39,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import shutil
 import statistics
 import time
@@ -49,7 +49,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENE_KNOBS = ("MAX_OBJECTS", "_NOISE", "_P_LARGE", "_HUE_SPREAD")
+SCENE_KNOBS = ("max_objects", "noise", "large_share", "hue_spread", "distractors")
+# The scene constants' names before they became SceneOptions fields (earlier commands use them).
+OLD_KNOBS = {"MAX_OBJECTS": "max_objects", "_NOISE": "noise", "_P_LARGE": "large_share",
+             "_HUE_SPREAD": "hue_spread"}
 log = logging.getLogger("signal")
 
 
@@ -78,9 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--image-size", type=_size, default=None)
     g.add_argument("--data-seed", type=int, default=None, help="dataset seed (default: the config's seed)")
     g.add_argument("--scene", nargs="+", default=[], metavar="NAME=VALUE",
-                   help=f"override scene constants in this process: {', '.join(SCENE_KNOBS)}")
+                   help=f"override the config's scene options: {', '.join(SCENE_KNOBS)}")
     g.add_argument("--object-size", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="log-uniform object size range as fractions of the shorter side (generator: 0.025 0.25)")
+                   help="log-uniform object size range as fractions of the shorter side (default: the config's)")
     g.add_argument("--min-area", type=float, default=0.0,
                    help="labels with fewer visible pixels become iscrowd (ignored in training and evaluation)")
     g.add_argument("--data-cache", type=Path, default=Path("/tmp/signal/data"))
@@ -116,8 +119,9 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "num_train": builtin["num_train"] if args.num_train is None else args.num_train,
         "num_val": builtin["num_val"] if args.num_val is None else args.num_val,
         "image_size": list(builtin["image_size"] if args.image_size is None else args.image_size),
-        "scene": dict(sorted(_scene_overrides(args.scene).items())),
-        "object_size": args.object_size,
+        "scene": dict(sorted({**{k: builtin[k] for k in SCENE_KNOBS if k in builtin},
+                              **_scene_overrides(args.scene)}.items())),
+        "object_size": args.object_size or builtin.get("object_size"),
         "min_area": args.min_area,
     }
     train = dict(cfg["stage1"]["train"])
@@ -146,9 +150,11 @@ def _scene_overrides(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         name, _, value = item.partition("=")
+        name = OLD_KNOBS.get(name, name)
         if name not in SCENE_KNOBS:
-            raise SystemExit(f"--scene: unknown constant {name!r}; valid: {', '.join(SCENE_KNOBS)}")
-        out[name] = int(value) if name == "MAX_OBJECTS" else float(value)
+            raise SystemExit(f"--scene: unknown option {name!r}; valid: {', '.join(SCENE_KNOBS)}")
+        out[name] = (int(value) if name == "max_objects" else value.lower() in ("1", "true", "yes")
+                     if name == "distractors" else float(value))
     return out
 
 
@@ -157,6 +163,7 @@ def _scene_overrides(items: list[str]) -> dict[str, float]:
 def dataset(data: dict[str, Any], cache: Path) -> Path:
     """The COCO-layout folder of these dataset settings, generated once per settings."""
     from smnas.data import synthetic
+    from smnas.data.scenes import SceneOptions
 
     key = json.dumps({**data, "generator": synthetic.GENERATOR_VERSION}, sort_keys=True)
     root = cache / hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -166,9 +173,10 @@ def dataset(data: dict[str, Any], cache: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     t0 = time.perf_counter()
-    with _patched_scenes(data["scene"], data["object_size"]):
-        synthetic.make_dataset(root, seed=data["seed"], num_train=data["num_train"], num_val=data["num_val"],
-                               image_size=tuple(data["image_size"]), variants=["coco"])
+    size = {"object_size": tuple(data["object_size"])} if data["object_size"] else {}
+    scene = SceneOptions(**{OLD_KNOBS.get(k, k): v for k, v in data["scene"].items()}, **size)
+    synthetic.make_dataset(root, seed=data["seed"], num_train=data["num_train"], num_val=data["num_val"],
+                           image_size=tuple(data["image_size"]), variants=["coco"], scene=scene)
     if data["min_area"] > 0:
         for split in ("train", "val"):
             path = root / "coco" / "annotations" / f"instances_{split}.json"
@@ -195,52 +203,6 @@ def _label_stats(coco_root: Path) -> dict[str, Any]:
                       "small": sum(a < 32 ** 2 for a in areas), "medium": sum(32 ** 2 <= a < 96 ** 2 for a in areas),
                       "large": sum(a >= 96 ** 2 for a in areas)}
     return out
-
-
-class _patched_scenes:
-    """Override smnas.data.scenes constants (and the object size range) for this process."""
-
-    def __init__(self, constants: dict[str, float], object_size: list[float] | None) -> None:
-        self.constants, self.object_size, self.saved = constants, object_size, {}
-
-    def __enter__(self) -> None:
-        from smnas.data import scenes
-
-        names = list(self.constants) + (["_sample_object"] if self.object_size else [])
-        self.saved = {name: getattr(scenes, name) for name in names}
-        for name, value in self.constants.items():
-            setattr(scenes, name, value)
-        if self.object_size:
-            scenes._sample_object = _object_sampler(*self.object_size)
-
-    def __exit__(self, *exc: Any) -> None:
-        from smnas.data import scenes
-
-        for name, value in self.saved.items():
-            setattr(scenes, name, value)
-
-
-def _object_sampler(lo: float, hi: float):
-    """scenes._sample_object with the log-uniform size range [lo, hi] x shorter side (the
-    generator's: [max(2.5 px, 0.025), 0.25]); the large share (_P_LARGE, 0.27-0.4) is kept."""
-    from smnas.data import scenes
-
-    def sample(rng, cls, w, h):
-        side = min(w, h)
-        if rng.random() < scenes._P_LARGE:
-            a = rng.uniform(0.27, 0.4) * side
-        else:
-            a = math.exp(rng.uniform(math.log(max(2.5, lo * side)), math.log(hi * side)))
-        r = float(a * math.sqrt(math.pi / scenes._FILL[scenes.CLASSES[cls]]))
-        margin = min(0.75 * r, 0.45 * side)
-        cx, cy = rng.uniform(margin, w - margin), rng.uniform(margin, h - margin)
-        hue = cls / len(scenes.CLASSES) + rng.normal(0.0, scenes._HUE_SPREAD)
-        colour = scenes._hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
-        texture = (scenes._TEXTURES[cls] if rng.random() < 0.55
-                   else scenes._TEXTURES[rng.integers(len(scenes._TEXTURES))])
-        return scenes.Item(scenes.CLASSES[cls], cls, cx, cy, r, rng.uniform(0, 2 * math.pi), colour, texture)
-
-    return sample
 
 
 # ---------------------------------------------------------------- runs

@@ -5,6 +5,7 @@ import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -285,3 +286,149 @@ def test_project_readers_accept_the_files(tiny: tuple[Path, dict[str, Path]]) ->
     first = detection[0]["box2d"]
     match = [a for a in bdd["annotations"] if a["bbox"][:2] == [first["x1"], first["y1"]]]
     assert match and match[0]["bbox"][2] == first["x2"] - first["x1"] + 1
+
+
+# ---------------------------------------------------------------- scene options
+
+def _area_radius(item: scenes.Item) -> float:
+    return item.r / math.sqrt(math.pi / scenes._FILL[item.kind])
+
+
+def test_scene_defaults_are_the_generators() -> None:
+    # The measurements in config/config.yaml and every dataset not configured otherwise rely on them.
+    assert scenes.SceneOptions() == scenes.SceneOptions(
+        object_size=(0.025, 0.25), large_share=0.25, max_objects=12, hue_spread=0.09, noise=22.0,
+        distractors=True)
+
+
+def test_object_size_and_large_share_bound_the_sizes() -> None:
+    rng = np.random.default_rng(0)
+    side = 96
+
+    def sizes(opts: scenes.SceneOptions) -> np.ndarray:
+        return np.array([_area_radius(scenes._sample_object(rng, k % len(CLASSES), 128, side, opts))
+                         for k in range(600)]) / side
+
+    eased = sizes(scenes.SceneOptions(object_size=(0.2, 0.3), large_share=0.0))
+    assert eased.min() >= 0.2 - 1e-9 and eased.max() <= 0.3 + 1e-9
+    assert eased.min() < 0.21 and eased.max() > 0.29  # the whole range is used
+    default = sizes(scenes.SceneOptions())
+    assert default.min() < 0.05 and default.max() > 0.3 and (default > 0.27).mean() > 0.15
+    large = sizes(scenes.SceneOptions(object_size=(0.05, 0.05), large_share=1.0))
+    assert large.min() >= 0.27 and large.max() <= 0.4
+
+
+def test_scene_options_reach_every_layout(tmp_path: Path,
+                                          tiny: tuple[Path, dict[str, Path]]) -> None:
+    scene = scenes.SceneOptions(object_size=(0.2, 0.3), large_share=0.0, max_objects=3,
+                                distractors=False)
+    paths = make_dataset(tmp_path, seed=0, num_train=8, num_val=4, image_size=SIZE, scene=scene)
+    side = min(SIZE)
+    # The widest box: the circumdiameter of the least filled shape at the largest size.
+    longest = 2 * 0.3 * side * math.sqrt(math.pi / min(scenes._FILL.values())) + 2
+    smallest = 0.8 * synthetic.MIN_VISIBLE * math.pi * (0.2 * side) ** 2  # 0.8: rasterisation
+    coco = json.loads(paths["coco_train_json"].read_text())
+    assert coco["info"]["scene"]["max_objects"] == 3
+    per_image = np.bincount([a["image_id"] for a in coco["annotations"]], minlength=9)[1:]
+    assert 1 <= per_image.min() and per_image.max() <= 3
+    for a in coco["annotations"]:
+        assert max(a["bbox"][2:]) <= longest and a["area"] >= smallest
+    year = paths["voc_year_dir"]
+    for xml in (year / "Annotations").glob("*.xml"):
+        assert 1 <= len(ET.parse(xml).getroot().findall("object")) <= 3
+    for split in ("train", "val"):
+        for frame in json.loads(paths[f"bdd_{split}_labels"].read_text()):
+            assert len(frame.get("labels", [])) <= 3  # no clutter labels either: distractors off
+    # The same checks fail on the default scenes.
+    default = json.loads(tiny[1]["coco_train_json"].read_text())["annotations"]
+    assert max(np.bincount([a["image_id"] for a in default])) > 3
+    assert min(a["area"] for a in default) < smallest
+
+
+
+def test_zero_hue_spread_lets_colour_decide() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.arange(len(CLASSES)) / len(CLASSES)
+    opts = scenes.SceneOptions(hue_spread=0.0)
+    for k in range(300):
+        item = scenes._sample_object(rng, k % len(CLASSES), 256, 192, opts)
+        hue = _hue(item.colour)
+        assert int(np.argmin(np.abs((hue - centres + 0.5) % 1.0 - 0.5))) == k % len(CLASSES)
+
+
+def test_noise_and_distractors() -> None:
+    quiet = scenes.SceneOptions(noise=0.0)
+    a, inst_a, _ = scenes.render(0, "coco", "train", 0, SIZE)
+    b, inst_b, _ = scenes.render(0, "coco", "train", 0, SIZE, scene=quiet)
+    assert inst_a == inst_b  # the same scene, only the sensor noise differs
+    diff = a.astype(int) - b.astype(int)
+    assert np.abs(diff).max() <= 12 and diff.std() > 4  # uniform +-11 grey levels
+    _, with_clutter, _ = scenes.render(0, "voc", "val", 2, SIZE)
+    _, without, _ = scenes.render(0, "voc", "val", 2, SIZE,
+                                  scene=scenes.SceneOptions(distractors=False))
+    assert any(i.cls < 0 for i in with_clutter) and all(i.cls >= 0 for i in without)
+
+
+def test_scene_options_from_config() -> None:
+    builtin = {"num_train": 3, "image_size": [64, 64], "object_size": [0.1, 0.2], "max_objects": 4}
+    assert scenes.SceneOptions.from_config(builtin) == scenes.SceneOptions(
+        object_size=(0.1, 0.2), max_objects=4)
+    assert scenes.SceneOptions.from_config({}) == scenes.SceneOptions()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"object_size": (0.3, 0.2)}, "object_size must be"),
+    ({"object_size": (0.0, 0.2)}, "object_size"),
+    ({"object_size": (0.1, 0.6)}, "object_size"),
+    ({"object_size": (0.1,)}, "object_size"),
+    ({"large_share": 1.5}, "large_share"),
+    ({"max_objects": 0}, "max_objects must be an integer >= 1"),
+    ({"max_objects": 2.5}, "max_objects"),
+    ({"hue_spread": -0.1}, "hue_spread"),
+    ({"noise": -1.0}, "noise"),
+])
+def test_bad_scene_options_raise(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        scenes.SceneOptions(**kwargs)
+
+
+def test_make_dataset_takes_scene_options_only(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="SceneOptions"):
+        make_dataset(tmp_path, num_train=1, num_val=1, scene={"max_objects": 3})
+
+
+def test_make_dataset_job_passes_the_scene_keys(tmp_path: Path) -> None:
+    from smnas.workflow.jobs import make_dataset as job
+
+    out = {"coco_train": tmp_path / "coco/annotations/instances_train.json",
+           "coco_val": tmp_path / "coco/annotations/instances_val.json",
+           "voc_test": tmp_path / "voc/VOCdevkit/VOC2007/ImageSets/Main/test.txt",
+           "bdd_train": tmp_path / "bdd/labels/det_20/det_train.json",
+           "bdd_val": tmp_path / "bdd/labels/det_20/det_val.json"}
+    builtin = {"num_train": 3, "num_val": 1, "image_size": [64, 64], "object_size": [0.3, 0.3],
+               "large_share": 0.0, "max_objects": 1}
+    job(**{k: str(v) for k, v in out.items()}, seed=0, builtin=builtin)
+    coco = json.loads(out["coco_train"].read_text())
+    assert coco["info"]["scene"]["object_size"] == [0.3, 0.3]
+    assert np.bincount([a["image_id"] for a in coco["annotations"]]).max() <= 1
+
+
+@pytest.mark.parametrize("value,match", [
+    ([0.2], "data.builtin.object_size"),
+    ([0.2, 0.6], "data.builtin.object_size"),
+    (0.2, "data.builtin.object_size"),
+])
+def test_config_schema_checks_the_scene_keys(value: Any, match: str) -> None:
+    import yaml
+
+    from smnas.workflow.config import ConfigError, validate_schema
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    validate_schema(config)
+    config["data"]["builtin"]["object_size"] = value
+    with pytest.raises(ConfigError, match=match):
+        validate_schema(config)
+    config["data"]["builtin"]["object_size"] = [0.2, 0.4]
+    config["data"]["builtin"]["max_objects"] = 0
+    with pytest.raises(ConfigError, match="data.builtin.max_objects"):
+        validate_schema(config)

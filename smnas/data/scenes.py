@@ -13,6 +13,9 @@ Three visual domains, one per :data:`VARIANTS` entry, so that transfer means som
 - ``voc``: warm wood-grain backgrounds with a warm colour cast.
 - ``bdd``: sky over road with lane marks, weather and time of day.
 
+How hard the scenes are (object sizes and count, how much colour tells the class, sensor
+noise) is a :class:`SceneOptions`; its defaults are the above.
+
 For each drawn item :func:`render` reports what stayed visible (:class:`Instance`): the tight box
 around its visible pixels, its visible share, truncation and occlusion. Which of those get labels
 is the writers' business. Every image is drawn from its own generator seeded by
@@ -21,8 +24,8 @@ is the writers' business. Every image is drawn from its own generator seeded by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,13 +38,65 @@ MAX_OBJECTS = 12
 _TEXTURES = ("solid", "stripes", "checker", "dots", "gradient", "noise")  # class k prefers k
 _NOISE = 22.0         # sensor noise: uniform over +-11 grey levels (sigma 6.4); a Gaussian costs 4x
 _P_LARGE = 0.25       # share of objects drawn large; the rest are log-uniform in size
+_LARGE = (0.27, 0.4)  # size range of the large share (fractions of the shorter side)
+_OBJECT_SIZE = (0.025, 0.25)  # log-uniform size range of the rest
+_MIN_SIZE_PX = 2.5    # no object smaller than this (equal-area radius in pixels)
+_HUE_SPREAD = 0.09    # class hue centres are 1/6 apart: neighbours overlap
 # Pixel area of each shape as a multiple of its circumradius squared (measured at r = 60).
 _FILL = {"circle": 3.14, "square": 2.04, "triangle": 1.33, "star": 1.35, "ring": 2.22,
          "cross": 1.96}
-_HUE_SPREAD = 0.09     # class hue centres are 1/6 apart: neighbours overlap
 _WEATHER = ("clear", "overcast", "partly cloudy", "rainy", "snowy", "foggy")
 _SCENES = ("city street", "highway", "residential")
 _TIMES = ("daytime", "daytime", "daytime", "night", "dawn/dusk")
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """How hard the scenes are; the defaults are the generator's own.
+
+    Sizes are the radius of the disc of an object's pixel area, as fractions of the image's
+    shorter side (at 160x120, size 0.25 is 30 px: the area of a 53x53 px square).
+
+    Attributes:
+        object_size: ``(lo, hi)``, ``0 < lo <= hi <= 0.5``: the log-uniform size range of the
+            objects not drawn large (never below 2.5 px).
+        large_share: share of objects drawn large instead, uniform in 0.27..0.4, in [0, 1].
+        max_objects: objects per image are uniform in ``min(2, max_objects)..max_objects``, >= 1
+            (fewer may be labelled: covered ones are not).
+        hue_spread: sd of an object's hue about its class's centre (centres are 1/6 apart):
+            0 lets colour alone decide the class, the default 0.09 does not.
+        noise: sensor noise, uniform over +-noise/2 grey levels, >= 0.
+        distractors: draw the unlabelled clutter (lines, blobs, shards) between the objects.
+    """
+
+    object_size: tuple[float, float] = _OBJECT_SIZE
+    large_share: float = _P_LARGE
+    max_objects: int = MAX_OBJECTS
+    hue_spread: float = _HUE_SPREAD
+    noise: float = _NOISE
+    distractors: bool = True
+
+    def __post_init__(self) -> None:
+        size = self.object_size
+        checks = (("object_size", len(size) == 2 and 0 < size[0] <= size[1] <= 0.5,
+                   "(lo, hi) with 0 < lo <= hi <= 0.5"),
+                  ("large_share", 0 <= self.large_share <= 1, "in [0, 1]"),
+                  ("max_objects", isinstance(self.max_objects, int) and self.max_objects >= 1,
+                   "an integer >= 1"),
+                  ("hue_spread", self.hue_spread >= 0, ">= 0"),
+                  ("noise", self.noise >= 0, ">= 0"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"SceneOptions: {name} must be {expected}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any]) -> SceneOptions:
+        """The options among ``values`` (the config's ``data.builtin``; other keys are not
+        looked at); those absent take the defaults."""
+        picked = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        if "object_size" in picked:
+            picked["object_size"] = tuple(float(v) for v in picked["object_size"])
+        return cls(**picked)
 
 
 @dataclass(frozen=True)
@@ -82,18 +137,21 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
                     dtype=np.float32)
 
 
-def _sample_object(rng: np.random.Generator, cls: int, w: int, h: int) -> Item:
+def _sample_object(rng: np.random.Generator, cls: int, w: int, h: int,
+                   opts: SceneOptions = SceneOptions()) -> Item:
     side = min(w, h)
     # Size is drawn as pixel area (radius of the disc of equal area), so that no class is
     # rarely large just because its shape fills less of its circle (a star: 43%).
-    if rng.random() < _P_LARGE:  # 52..77 px at 256x192: mostly COCO "large" (> 96^2 px)
-        a = rng.uniform(0.27, 0.4) * side
-    else:  # log-uniform 4.8..48 px: small and medium alike
-        a = math.exp(rng.uniform(math.log(max(2.5, 0.025 * side)), math.log(0.25 * side)))
+    if rng.random() < opts.large_share:  # 52..77 px at 256x192: mostly COCO "large" (> 96^2 px)
+        a = rng.uniform(*_LARGE) * side
+    else:  # by default log-uniform 4.8..48 px: small and medium alike
+        lo, hi = opts.object_size
+        a = math.exp(rng.uniform(math.log(max(_MIN_SIZE_PX, lo * side)),
+                                 math.log(max(_MIN_SIZE_PX, hi * side))))
     r = float(a * math.sqrt(math.pi / _FILL[CLASSES[cls]]))
     margin = min(0.75 * r, 0.45 * side)  # only a rim of the shape can leave the frame
     cx, cy = rng.uniform(margin, w - margin), rng.uniform(margin, h - margin)
-    hue = cls / len(CLASSES) + rng.normal(0.0, _HUE_SPREAD)
+    hue = cls / len(CLASSES) + rng.normal(0.0, opts.hue_spread)
     colour = _hsv_to_rgb(hue, rng.uniform(0.45, 1.0), rng.uniform(0.45, 1.0))
     texture = (_TEXTURES[cls] if rng.random() < 0.55 else _TEXTURES[rng.integers(len(_TEXTURES))])
     return Item(CLASSES[cls], cls, cx, cy, r, rng.uniform(0, 2 * math.pi), colour, texture)
@@ -115,16 +173,18 @@ def _sample_distractor(rng: np.random.Generator, kind: str, w: int, h: int) -> I
                  rng.uniform(0, 2 * math.pi), colour, texture, extra)
 
 
-def _sample_scene(rng: np.random.Generator, w: int, h: int, empty: bool) -> list[Item]:
+def _sample_scene(rng: np.random.Generator, w: int, h: int, empty: bool,
+                  opts: SceneOptions) -> list[Item]:
     """Items back to front; the front item is always an object, so it is never covered."""
-    n_obj = 0 if empty else int(rng.integers(2, MAX_OBJECTS + 1))
-    objects = [_sample_object(rng, int(rng.integers(len(CLASSES))), w, h) for _ in range(n_obj)]
+    n_obj = 0 if empty else int(rng.integers(min(2, opts.max_objects), opts.max_objects + 1))
+    objects = [_sample_object(rng, int(rng.integers(len(CLASSES))), w, h, opts)
+               for _ in range(n_obj)]
     # Larger ones mostly further back, with jitter so small objects also get covered.
     depth = [o.r * math.sqrt(_FILL[o.kind]) * rng.lognormal(0.0, 0.5) for o in objects]
     order = [objects[i] for i in np.argsort(depth, kind="stable")[::-1]]
     kinds = ["blob"] * int(rng.integers(0, 3)) + ["shard"] * int(rng.integers(0, 3))
     kinds += ["line"] * int(rng.integers(1, 5))
-    for kind in kinds:
+    for kind in kinds if opts.distractors else ():
         order.insert(int(rng.integers(0, max(len(order), 1))), _sample_distractor(rng, kind, w, h))
     return order
 
@@ -301,7 +361,7 @@ def _road_background(rng: np.random.Generator, w: int, h: int,
 
 
 def _finish(rng: np.random.Generator, img: Image.Image, variant: str,
-            attrs: dict[str, str]) -> np.ndarray:
+            attrs: dict[str, str], noise: float = _NOISE) -> np.ndarray:
     """Domain lighting (a per-channel gain and bias) and sensor noise; returns (h, w, 3) uint8."""
     gain, bias = np.ones(3, np.float32), np.zeros(3, np.float32)  # on 0..255 values
     if variant == "voc":
@@ -315,13 +375,14 @@ def _finish(rng: np.random.Generator, img: Image.Image, variant: str,
             gain, bias = gain * 0.55, bias * 0.55 + 0.45 * 200.0
     out = np.asarray(img).astype(np.float32)
     out *= gain
-    out += bias + np.float32(0.5 - _NOISE / 2)  # +0.5: round, not truncate, below
-    out += rng.random(out.shape, dtype=np.float32) * np.float32(_NOISE)
+    out += bias + np.float32(0.5 - noise / 2)  # +0.5: round, not truncate, below
+    out += rng.random(out.shape, dtype=np.float32) * np.float32(noise)
     return np.clip(out, 0.0, 255.0, out=out).astype(np.uint8)
 
 
 def render(seed: int, variant: str, split: str, index: int, size: tuple[int, int],
-           empty: bool = False) -> tuple[np.ndarray, list[Instance], dict[str, str]]:
+           empty: bool = False, scene: SceneOptions = SceneOptions(),
+           ) -> tuple[np.ndarray, list[Instance], dict[str, str]]:
     """Draw one image of a variant's domain.
 
     Args:
@@ -332,6 +393,7 @@ def render(seed: int, variant: str, split: str, index: int, size: tuple[int, int
         index: 0-based image index within the split.
         size: ``(width, height)`` in pixels.
         empty: draw distractors only, no objects.
+        scene: how hard the scene is (object sizes and count, colour, noise).
 
     Returns:
         (pixels, instances, attrs): pixels a (height, width, 3) uint8 array; what is visible of
@@ -344,6 +406,6 @@ def render(seed: int, variant: str, split: str, index: int, size: tuple[int, int
              "scene": _SCENES[rng.integers(len(_SCENES))],
              "timeofday": _TIMES[rng.integers(len(_TIMES))]}
     img = _background(rng, variant, w, h, attrs)
-    instances = _draw_items(rng, img, _sample_scene(rng, w, h, empty))
-    return _finish(rng, img, variant, attrs), instances, attrs
+    instances = _draw_items(rng, img, _sample_scene(rng, w, h, empty, scene))
+    return _finish(rng, img, variant, attrs, scene.noise), instances, attrs
 

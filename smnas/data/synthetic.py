@@ -13,6 +13,9 @@ The images (coloured shapes in clutter, one visual domain per variant) come from
 - ``voc``: JPEG, Pascal VOC 2007 layout.
 - ``bdd``: JPEG, BDD100K det_20 JSON.
 
+How hard the scenes are (object sizes and count, colour, sensor noise) is the ``scene``
+argument, a :class:`smnas.data.scenes.SceneOptions`; every variant is drawn with the same one.
+
 Boxes are tight around an object's *visible* pixels, as COCO and VOC annotators draw them. An
 object with less than :data:`MIN_VISIBLE` of its pixels visible (occluded or out of the frame) is
 not labelled in COCO/BDD and is marked ``difficult`` in VOC. Every image is drawn from its own
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from smnas.data.scenes import CLASSES, SPLITS, VARIANTS, Instance, render
+from smnas.data.scenes import CLASSES, SPLITS, VARIANTS, Instance, SceneOptions, render
 from smnas.io import atomic_open, atomic_path
 
 GENERATOR_VERSION = "1"
@@ -60,6 +64,7 @@ def make_dataset(
     image_size: tuple[int, int] = (256, 192),
     variants: Sequence[str] = VARIANTS,
     progress: bool = False,
+    scene: SceneOptions = SceneOptions(),
 ) -> dict[str, Path]:
     """Write the synthetic dataset under ``out_dir`` in the layouts of COCO, VOC2007 and BDD100K.
 
@@ -71,6 +76,7 @@ def make_dataset(
         image_size: ``(width, height)`` in pixels, each at least 64.
         variants: which of ``"coco"``, ``"voc"``, ``"bdd"`` to write.
         progress: show a tqdm progress bar over all images.
+        scene: how hard the scenes are; the defaults are the generator's own.
 
     Returns:
         Paths written, by key: ``coco_{train,val}_{json,images}``, ``voc_root`` (the folder
@@ -78,6 +84,8 @@ def make_dataset(
         ``bdd_{train,val}_{labels,images}``; only for the variants asked for.
     """
     variants = _check_args(seed, num_train, num_val, image_size, variants)
+    if not isinstance(scene, SceneOptions):
+        raise TypeError(f"make_dataset: scene must be a SceneOptions, got {type(scene).__name__}")
     seed, num_train, num_val, image_size = _as_ints(seed, num_train, num_val, image_size)
     out = Path(out_dir)
     counts = {"train": num_train, "val": num_val}
@@ -86,7 +94,7 @@ def make_dataset(
     with tqdm(total=len(variants) * (num_train + num_val), disable=not progress,
               desc="synthetic", unit="img") as bar:
         for variant in variants:
-            paths.update(writers[variant](out, seed, counts, image_size, bar))
+            paths.update(writers[variant](out, seed, counts, image_size, scene, bar))
     return paths
 
 
@@ -139,7 +147,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _write_coco(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int],
-                bar: tqdm) -> dict[str, Path]:
+                scene: SceneOptions, bar: tqdm) -> dict[str, Path]:
     root, paths = out / "coco", {}
     categories = [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(CLASSES)]
     for split in SPLITS:
@@ -147,7 +155,7 @@ def _write_coco(out: Path, seed: int, counts: dict[str, int], size: tuple[int, i
         images, annotations = [], []
         for i in range(counts[split]):
             name = f"{i + 1:06d}.png"
-            pixels, instances, _ = render(seed, "coco", split, i, size)
+            pixels, instances, _ = render(seed, "coco", split, i, size, scene=scene)
             _save_image(pixels, image_dir / name)
             images.append({"id": i + 1, "file_name": name, "width": size[0], "height": size[1]})
             for inst in _labelled(instances):
@@ -160,7 +168,8 @@ def _write_coco(out: Path, seed: int, counts: dict[str, int], size: tuple[int, i
                     "area": float(inst.pixels), "iscrowd": 0})
             bar.update(1)
         info = {"description": "smnas synthetic shapes (coco domain)", "version": GENERATOR_VERSION,
-                "generator": "smnas.data.synthetic", "seed": seed, "split": split}
+                "generator": "smnas.data.synthetic", "seed": seed, "split": split,
+                "scene": asdict(scene)}
         json_path = root / "annotations" / f"instances_{split}.json"
         _write_json(json_path, {"info": info, "licenses": [], "images": images,
                                 "annotations": annotations, "categories": categories})
@@ -192,14 +201,14 @@ def _voc_xml(name: str, size: tuple[int, int], instances: list[Instance]) -> byt
 
 
 def _write_voc(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int],
-               bar: tqdm) -> dict[str, Path]:
+               scene: SceneOptions, bar: tqdm) -> dict[str, Path]:
     year_dir = out / "voc" / "VOCdevkit" / "VOC2007"
     offset = {"train": 0, "val": counts["train"]}  # one numbering over the shared JPEGImages
     for split, set_name in (("train", "trainval"), ("val", "test")):
         names = []
         for i in range(counts[split]):
             name = f"{offset[split] + i + 1:06d}"
-            pixels, instances, _ = render(seed, "voc", split, i, size)
+            pixels, instances, _ = render(seed, "voc", split, i, size, scene=scene)
             _save_image(pixels, year_dir / "JPEGImages" / f"{name}.jpg")
             # Heavily covered objects stay in the XML, marked difficult, as in real VOC.
             objects = [o for o in _labelled(instances, min_visible=0.1) if o.cls >= 0]
@@ -223,7 +232,7 @@ def _bdd_label(inst: Instance, label_id: int) -> dict[str, Any]:
 
 
 def _write_bdd(out: Path, seed: int, counts: dict[str, int], size: tuple[int, int],
-               bar: tqdm) -> dict[str, Path]:
+               scene: SceneOptions, bar: tqdm) -> dict[str, Path]:
     root, paths = out / "bdd", {}
     label_id = 0
     for split in SPLITS:
@@ -232,7 +241,8 @@ def _write_bdd(out: Path, seed: int, counts: dict[str, int], size: tuple[int, in
         for i in range(counts[split]):
             name = f"{seed:08x}-{split}{i + 1:05d}.jpg"
             empty = i % BDD_EMPTY_EVERY == 1
-            pixels, instances, attrs = render(seed, "bdd", split, i, size, empty=empty)
+            pixels, instances, attrs = render(seed, "bdd", split, i, size, empty=empty,
+                                              scene=scene)
             _save_image(pixels, image_dir / name)
             frame: dict[str, Any] = {"name": name, "attributes": attrs, "timestamp": 10000}
             min_extra = BDD_EXTRA_MIN_AREA * size[0] * size[1]

@@ -34,12 +34,14 @@ def _read_arch(path: str | Path) -> str:
 
 def make_dataset(coco_train: str, coco_val: str, voc_test: str, bdd_train: str, bdd_val: str,
                  seed: int, builtin: dict[str, Any]) -> None:
-    """The built-in dataset in its three layouts under the folder that holds ``coco/``."""
+    """The built-in dataset in its three layouts under the folder that holds ``coco/``; its
+    scene keys (``object_size``, ``max_objects``, ...) set how hard the scenes are."""
+    from smnas.data.scenes import SceneOptions
     from smnas.data.synthetic import make_dataset as make
 
     root = Path(coco_train).parents[2]  # {root}/coco/annotations/instances_train.json
     make(root, seed=seed, num_train=builtin["num_train"], num_val=builtin["num_val"],
-         image_size=tuple(builtin["image_size"]))
+         image_size=tuple(builtin["image_size"]), scene=SceneOptions.from_config(builtin))
     missing = [p for p in (coco_train, coco_val, voc_test, bdd_train, bdd_val) if not Path(p).exists()]
     if missing:
         raise RuntimeError(f"make_dataset wrote {root} but not {missing}")
