@@ -105,6 +105,14 @@ def test_config_errors_are_one_line_naming_key_place_and_choices():
     del cfg["seed"]
     with pytest.raises(ConfigError, match=r"^config \(top level\): 'seed' is a required property$"):
         check_config(cfg)
+    cfg = copy.deepcopy(TINY)  # what a schema cannot say: a size range upside down
+    cfg["data"]["builtin"]["object_size"] = [0.4, 0.2]
+    with pytest.raises(ConfigError, match=r"^config data.builtin: object_size must be \(lo, hi\) with 0 < lo <= hi"):
+        check_config(cfg)
+    cfg = copy.deepcopy(TINY)
+    cfg["spnas"]["serial"]["max_opz"] = 2
+    with pytest.raises(ConfigError, match=r"^config spnas.serial: unknown key 'max_opz'"):
+        check_config(cfg)
 
 
 def test_check_config_names_missing_paths_and_models():

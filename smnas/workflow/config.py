@@ -65,6 +65,13 @@ def check_config(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
     data = config["data"]
     if "coco" not in data and "builtin" not in data:
         raise ConfigError("config data: give either data.builtin (the synthetic dataset) or data.coco (your paths)")
+    if "builtin" in data:
+        from smnas.data.scenes import SceneOptions
+
+        try:
+            SceneOptions.from_config(data["builtin"])
+        except ValueError as e:
+            raise ConfigError(f"config data.builtin: {e}".replace("SceneOptions: ", "")) from None
     for name, path in (config["detector"].get("backbone_weights") or {}).items():
         if not Path(path).is_file():
             raise ConfigError(f"config detector.backbone_weights.{name}: {path} does not exist (weights are never downloaded)")
