@@ -57,6 +57,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchrun import open_run  # noqa: E402  (bench/ is on sys.path when run as a script)
 INITS = ("scratch", "pretrained")
 STAGE1_SPECS = (  # from config stage1.space: four backbones, the three head families
     "resnet18@0.25+fpn:P1-P4:c32+rpn+2fc:256+160x120+gnws",
@@ -113,17 +114,11 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
             "quick": args.quick, "threads": args.threads}
 
 
-def check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse a folder of other settings; seeds, parts and candidates may change between reruns
+def fixed_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """What a rerun into the same folder must keep; seeds, parts and candidates may change
     (runs are kept by spec and seed, pretrained weights by backbone key)."""
-    def fixed(values: dict[str, Any]) -> dict[str, Any]:
-        return {**{k: v for k, v in values.items() if k not in ("seeds", "parts")},
-                "stage1": {**values["stage1"], "specs": None}}
-
-    if path.exists():
-        if fixed(json.loads(path.read_text())) != fixed(settings):
-            raise SystemExit(f"{path.parent} holds runs of other settings ({path}); use a new --out")
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return {**{k: v for k, v in values.items() if k not in ("seeds", "parts")},
+            "stage1": {**values["stage1"], "specs": None}}
 
 
 # ---------------------------------------------------------------- data and pretraining
@@ -375,21 +370,9 @@ def write_outputs(out: Path, settings: dict[str, Any], pre: list[dict[str, Any]]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    import torch
-
+    settings = open_run(args, settings_from, fixed_settings)
     from smnas.models.spec import parse_spec
 
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings_path = args.out / "settings.json"
-    if args.summarize:
-        settings = json.loads(settings_path.read_text())
-    else:
-        settings = settings_from(args)
-        check_settings(settings_path, settings)
     pre = {}
     if not args.summarize:
         data, cls_root = datasets(settings, args.out)

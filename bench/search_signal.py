@@ -31,7 +31,6 @@ Outputs in ``--out``: ``settings.json``, ``runs.csv`` (one row per candidate and
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import argparse
@@ -49,6 +48,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+from benchrun import open_run  # noqa: E402  (bench/ is on sys.path when run as a script)
 SCENE_KNOBS = ("max_objects", "noise", "large_share", "hue_spread", "distractors")
 # The scene constants' names before they became SceneOptions fields (earlier commands use them).
 OLD_KNOBS = {"MAX_OBJECTS": "max_objects", "_NOISE": "noise", "_P_LARGE": "large_share",
@@ -329,21 +329,7 @@ def write_outputs(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    settings_path = args.out / "settings.json"
-    if args.summarize:
-        settings = json.loads(settings_path.read_text())
-    else:
-        settings = settings_from(args)
-        if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-            raise SystemExit(f"{args.out} holds runs of other settings ({settings_path}); use a new --out")
-        settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    settings = open_run(args, settings_from)
     rows = []
     if not args.summarize:
         coco_root = dataset(settings["data"], args.data_cache)
