@@ -88,10 +88,9 @@ def job_seconds(res: Path, method: str, pop: pd.DataFrame) -> float:
     total = sum(_seconds(res / "benchmarks" / stage / f"{spec_hash(a)}.{step}.tsv")
                 for a in trained["arch"] for step in ("train", "time", "evaluate", "inherit"))
     if stage == "spnas":
-        keys = {backbone_key(parse_spec(a).backbone.name, 1.0, parse_spec(a).norm)
-                for a in pop.loc[pop["init"].isin(["pretrained", "reignited"]), "parent"].replace("", np.nan).dropna()}
-        keys |= {backbone_key(parse_spec(a).backbone.name, 1.0, parse_spec(a).norm)
-                 for a in pop.loc[(pop["init"] == "pretrained") & (pop["parent"] == ""), "arch"]}
+        pretrained = pd.concat([pop.loc[(pop["init"] == "pretrained") & (pop["parent"] == ""), "arch"],  # starts
+                                pop.loc[pop["init"] == "reignited", "parent"]])  # parents pretrained again
+        keys = {backbone_key(parse_spec(a).backbone.name, 1.0, parse_spec(a).norm) for a in pretrained}
         total += sum(_seconds(res / "benchmarks" / "pretrained" / f"{k}.tsv") for k in keys)
     return total
 

@@ -342,8 +342,7 @@ def final_arch(front: str | list[str], arch: str, name: str, picks: int, cost: s
     from smnas.workflow.generations import union_front
 
     paths = [front] if isinstance(front, str) else list(front)  # one modular method's front, or both
-    table = (pd.read_parquet(paths[0]) if len(paths) == 1
-             else union_front([pd.read_parquet(p) for p in paths], cost)) if paths else None
+    table = union_front([pd.read_parquet(p) for p in paths], cost) if paths else None
     spec = pick(name, table, picks, cost, tuple(paper_input_size) if paper_input_size else None)
     with atomic_open(arch) as f:
         f.write(f"{spec}\n")
