@@ -51,13 +51,16 @@ def overlay(seed: int, stage1_generations: int, stage2_generations: int, from_fr
             "stage2": {"generations": stage2_generations}, "final": {"from_front": from_front}}
 
 
-def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bool, base: Path) -> None:
-    """One workflow run: the search, final models, baselines, random search (and agreement)."""
+def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bool, base: Path,
+             finals: bool = True) -> None:
+    """One workflow run: the search and random search, final models and baselines (when
+    ``finals``), and agreement."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "base.yaml").write_text(base.read_text())
     path = workdir / "evidence.yaml"
     path.write_text(yaml.safe_dump(settings))
-    targets = ["stage1", "stage2", "final", "baselines", "random_search"] + (["agreement"] if agreement else [])
+    targets = (["stage1", "stage2", "random_search"] + (["final", "baselines"] if finals else [])
+               + (["agreement"] if agreement else []))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", str(cores),
            "--directory", str(workdir), *targets, "--configfile", str(workdir / "base.yaml"), str(path)]
     with open(workdir / "snakemake.log", "w") as log:
@@ -197,8 +200,9 @@ def analyse(root: Path) -> None:
         tau, n = agreement(res)
         if n:
             print(f"search-to-final agreement: Kendall tau {tau:+.3f} over {n} stage-one candidates")
-        plot(res, seed_dir / "evidence.png")
-        print(f"figure: {seed_dir / 'evidence.png'}")
+        if (res / "final").is_dir() or (res / "baselines").is_dir():
+            plot(res, seed_dir / "evidence.png")
+            print(f"figure: {seed_dir / 'evidence.png'}")
     for stage, w in wins.items():
         print(f"{stage}: evolution's last-generation hypervolume above random search's on {sum(w)} of {len(w)} seeds")
 
@@ -216,6 +220,9 @@ def main() -> None:
     p.add_argument("--from-front", type=int, default=3, help="final models along the front (main job: 1)")
     p.add_argument("--agreement-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also retrain every stage-one candidate with the final recipe (default: 0)")
+    p.add_argument("--final-seeds", type=int, nargs="*", default=None,
+                   help="seeds that also train the final models and the baselines (default: every seed); "
+                        "the others run only the two searches, for the hypervolume comparison")
     args = p.parse_args()
     if args.analyse:
         analyse(args.analyse)
@@ -224,7 +231,8 @@ def main() -> None:
     for seed in args.seeds:
         print(f"seed {seed}: running the workflow in {root / f'seed{seed}'} ...", flush=True)
         settings = overlay(seed, args.stage1_generations, args.stage2_generations, args.from_front)
-        run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config)
+        finals = args.final_seeds is None or seed in args.final_seeds
+        run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config, finals)
     analyse(root)
 
 
