@@ -197,10 +197,10 @@ def test_stage2_space_from_dict():
     s = StageTwoSpace.from_dict({"base_channels": [48, 64], "fpn_channels": [128], "max_blocks": 20, "structures": 2})
     assert s.base_channels == (48, 64) and s.fpn_channels == (128,) and s.bounds.max_blocks == 20
     assert s.bounds.min_blocks == EncodingBounds.laptop().min_blocks and s.structures == 2
-    with pytest.raises(SmnasError, match=r"cfg.yaml: stage2.space has unknown key\(s\) \['blocks'\]"):
-        StageTwoSpace.from_dict({"blocks": 3}, "cfg.yaml")
-    with pytest.raises(SmnasError, match="cfg.yaml: stage2.space: encoding bounds: blocks 30..20"):
-        StageTwoSpace.from_dict({"min_blocks": 30, "max_blocks": 20}, "cfg.yaml")
-    with pytest.raises(SmnasError, match="cfg.yaml: stage2.space: stage two: norm 'gn'"):
-        StageTwoSpace.from_dict({"norm": "gn"}, "cfg.yaml")
+    with pytest.raises(SmnasError, match=r"^cfg.yaml spnas.space: unknown key\(s\) \['blocks'\]"):
+        StageTwoSpace.from_dict({"blocks": 3}, "cfg.yaml spnas.space")
+    with pytest.raises(SmnasError, match="^cfg.yaml stage2.space: encoding bounds: blocks 30..20"):
+        StageTwoSpace.from_dict({"min_blocks": 30, "max_blocks": 20}, "cfg.yaml stage2.space")
+    with pytest.raises(SmnasError, match="^config stage2.space: stage two: norm 'gn'"):
+        StageTwoSpace.from_dict({"norm": "gn"})
     assert StageTwoSpace.paper().fpn_channels == (128, 256, 512) and StageTwoSpace.paper().base_channels == (48, 56, 64, 72)

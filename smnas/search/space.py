@@ -152,8 +152,9 @@ class StageTwoSpace:
         return cls()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<config>") -> "StageTwoSpace":
-        """From a config's ``stage2.space`` mapping; missing keys take the laptop defaults.
+    def from_dict(cls, d: dict[str, Any], source: str = "config stage2.space") -> "StageTwoSpace":
+        """From a config's ``stage2.space`` (or ``spnas.space``) mapping, named by ``source`` in
+        errors; missing keys take the laptop defaults.
 
         Keys: ``fpn_channels``, ``norm``, ``structures`` and the fields of EncodingBounds
         (``base_channels``, ``min_blocks``, ``max_blocks``, ``min_stage_blocks``,
@@ -163,11 +164,11 @@ class StageTwoSpace:
         bound_keys = set(EncodingBounds.__dataclass_fields__)
         unknown = set(d) - own - bound_keys
         if unknown:
-            raise SmnasError(f"{source}: stage2.space has unknown key(s) {sorted(unknown)}; valid: {sorted(own | bound_keys)}")
+            raise SmnasError(f"{source}: unknown key(s) {sorted(unknown)}; valid: {sorted(own | bound_keys)}")
         laptop = EncodingBounds.laptop()
         bound_args = {k: d.get(k, getattr(laptop, k)) for k in bound_keys}
         try:
             bounds = EncodingBounds(**{k: tuple(v) if isinstance(v, list) else v for k, v in bound_args.items()})
             return cls(bounds=bounds, **{k: tuple(d[k]) if isinstance(d[k], list) else d[k] for k in own & set(d)})
         except SpecError as e:
-            raise SmnasError(f"{source}: stage2.space: {e}") from None
+            raise SmnasError(f"{source}: {e}") from None
