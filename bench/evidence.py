@@ -110,8 +110,9 @@ def hypervolume_table(res: Path, cost: dict[str, str]) -> pd.DataFrame:
     rows = []
     for stage in ("stage1", "stage2"):
         pops = {name: _populations(res, stage, prefix) for name, prefix in (("evolution", ""), ("random", "random"))}
-        all_ok = pd.concat([p[p["status"] == "ok"] for ps in pops.values() for p in ps], ignore_index=True)
-        if all_ok.empty:
+        frames = [p[p["status"] == "ok"] for ps in pops.values() for p in ps]
+        all_ok = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if all_ok.empty:  # this stage has not run yet
             continue
         bound = 1.1 * float(all_ok[cost[stage]].max())
         for name, ps in pops.items():
