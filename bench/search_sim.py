@@ -1,0 +1,194 @@
+"""Evolution against random search on a surrogate of stage one, over many seeds and budgets.
+
+    .venv/bin/python bench/search_sim.py --runs /tmp/evidence/seed*/results /tmp/mainjob/results
+    .venv/bin/python bench/search_sim.py --runs ... --budgets 3x3 5x3 10x3 --trials 300 --noise 0.015
+
+A real stage-one search trains each candidate for a minute, so bench/evidence.py can afford three
+seeds of nine candidates: too few to tell whether a loss to random search on one seed is bad luck
+or a bad algorithm. This bench asks the question many times over, cheaply. It fits a surrogate of
+the stage-one space on candidates the workflow really trained (every ``stage1/gen*/
+population.parquet`` under ``--runs``, same recipe and data): mAP as a sum of one effect per module
+choice (backbone, neck with its levels, RPN, head, input size; ridge least squares), and the log of
+latency likewise. Then, per trial, the workflow's own search code (``initial_generation``,
+``next_generation`` with ``mutator``, ``random_generation``, ``rank_population``) runs both searches
+for a budget of G generations x P candidates, generation 0 shared as in the workflow, each
+evaluation the surrogate's mAP plus Gaussian seed noise (``--noise``: the seed-to-seed sd of one
+candidate, bench/search_signal.py), and the hypervolume of each search's front is compared as
+bench/evidence.py does (reference point (0, 1.1 x the largest latency in the space)).
+
+It prints the surrogate's fit (leave-one-out error against the seed noise), then per budget the
+share of trials in which evolution's last hypervolume is above random search's, the mean
+hypervolumes and the chance of a 3-of-3 win (share cubed). Each trial is its own world: the
+additive effects plus an arch-specific term drawn once per arch (sd: the leave-one-out error left
+after the seed noise), so a world has interactions of the size the data shows. A surrogate is not the real space:
+its interactions are random, not the real ones, so read the win rates as what the algorithm does on a
+space with this much structure and this much noise, not as a promise for the real one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from smnas.models.spec import DetectorSpec, parse_spec  # noqa: E402
+from smnas.search.evolution import initial_generation, mutator, next_generation  # noqa: E402
+from smnas.search.pareto import hypervolume  # noqa: E402
+from smnas.search.random_search import random_generation  # noqa: E402
+from smnas.search.tables import rank_population  # noqa: E402
+from smnas.workflow.config import search_space  # noqa: E402
+
+
+def features(spec: DetectorSpec) -> list[str]:
+    """The module choices a surrogate gives one effect each."""
+    neck = "none" if spec.neck.kind == "none" else f"fpn:{spec.neck}".split(":c")[0]
+    return [f"bb={spec.backbone.name}", f"neck={neck}", f"rpn={spec.rpn.kind}", f"head={spec.head}",
+            f"size={spec.input_size[0]}x{spec.input_size[1]}"]
+
+
+def load_evaluated(runs: list[Path]) -> pd.DataFrame:
+    """Every ok stage-one candidate under ``runs`` (mean over repeats of the same arch)."""
+    frames = []
+    for run in runs:
+        for path in run.glob("**/stage1/gen*/population.parquet"):
+            df = pd.read_parquet(path)
+            frames.append(df[df["status"] == "ok"][["arch", "map", "latency_ms"]])
+    if not frames:
+        raise SystemExit(f"no stage1/gen*/population.parquet under {', '.join(map(str, runs))}")
+    df = pd.concat(frames).groupby("arch", as_index=False).mean()
+    return df[np.isfinite(df["map"]) & np.isfinite(df["latency_ms"])]
+
+
+class Surrogate:
+    """Ridge-fitted additive effects: mAP and log latency from the module choices."""
+
+    def __init__(self, archs: list[str], maps: np.ndarray, latency: np.ndarray, ridge: float = 1e-3) -> None:
+        self.columns = sorted({f for a in archs for f in features(parse_spec(a))})
+        X = self._matrix(archs)
+        self.ridge = ridge
+        self.w_map = self._fit(X, maps)
+        self.w_lat = self._fit(X, np.log(latency))
+        self.loo = self._loo(X, maps)
+
+    def _matrix(self, archs: list[str]) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.columns)}
+        X = np.zeros((len(archs), len(self.columns) + 1))
+        X[:, -1] = 1.0
+        for r, a in enumerate(archs):
+            for f in features(parse_spec(a)):
+                if f in index:  # a choice never evaluated gets no effect (the mean of its module)
+                    X[r, index[f]] = 1.0
+        return X
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        A = X.T @ X + self.ridge * np.eye(X.shape[1])
+        return np.linalg.solve(A, X.T @ y)
+
+    def _loo(self, X: np.ndarray, y: np.ndarray) -> float:
+        errs = [y[i] - X[i] @ self._fit(np.delete(X, i, 0), np.delete(y, i)) for i in range(len(y))]
+        return float(np.sqrt(np.mean(np.square(errs))))
+
+    def predict(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        X = self._matrix(archs)
+        return np.clip(X @ self.w_map, 0.0, None), np.exp(X @ self.w_lat)
+
+
+class World:
+    """One trial's space: the surrogate plus a fixed, arch-specific interaction term (what the
+    additive effects miss; its sd is the leave-one-out error beyond the seed noise), then seed
+    noise drawn anew at every evaluation."""
+
+    def __init__(self, sur: Surrogate, interaction: float, noise: float, rng: np.random.Generator) -> None:
+        self.sur, self.interaction, self.noise, self.rng = sur, interaction, noise, rng
+        self.offset: dict[str, float] = {}
+
+    def true_map(self, archs: list[str]) -> np.ndarray:
+        m, _ = self.sur.predict(archs)
+        for a in archs:
+            self.offset.setdefault(a, float(self.rng.normal(0.0, self.interaction)))
+        return np.clip(m + np.array([self.offset[a] for a in archs]), 0.0, None)
+
+
+def _evaluate(rows: list[dict], world: World) -> pd.DataFrame:
+    archs = [r["arch"] for r in rows]
+    _, lat = world.sur.predict(archs)
+    m = np.clip(world.true_map(archs) + world.rng.normal(0.0, world.noise, len(archs)), 0.0, None)
+    return pd.DataFrame({"arch": archs, "status": "ok", "map": m, "latency_ms": lat})
+
+
+def _hv(pop: pd.DataFrame, bound: float) -> float:
+    ranked = rank_population(pop, "latency_ms")
+    front = ranked[ranked["front_rank"] == 0]
+    F = np.column_stack([-front["map"].to_numpy(float), front["latency_ms"].to_numpy(float) / bound])
+    return hypervolume(F, [0.0, 1.0])
+
+
+def trial(seed: int, generations: int, population: int, space, sur: Surrogate, interaction: float,
+          noise: float, bound: float) -> tuple[float, float]:
+    """Both searches for one seed in one world; their last hypervolumes (evolution, random)."""
+    world = World(sur, interaction, noise, np.random.default_rng(seed))
+    gen0 = _evaluate(initial_generation("stage1", population, seed, space1=space), world)
+    pops = {"evolution": gen0, "random": gen0}
+    for g in range(1, generations):
+        for name in pops:
+            pop = rank_population(pops[name], "latency_ms")
+            seen = set(pop["arch"])
+            if name == "evolution":
+                rows = next_generation(pop, "stage1", g, population, seed, mutator(space), seen)
+            else:
+                rows = random_generation("stage1", g, population, seed, space1=space, evaluated=seen)
+            pops[name] = pd.concat([pops[name], _evaluate(rows, world)], ignore_index=True)
+    return _hv(pops["evolution"], bound), _hv(pops["random"], bound)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="workflow folders to fit the surrogate on")
+    p.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml", help="its stage1.space")
+    p.add_argument("--budgets", nargs="+", default=["3x3", "5x3", "10x3", "20x3"],
+                   help="GENERATIONSxPOPULATION (default 3x3 5x3 10x3 20x3; the main job is 2x3)")
+    p.add_argument("--trials", type=int, default=200, help="seeds per budget")
+    p.add_argument("--noise", type=float, default=0.015,
+                   help="seed-to-seed sd of one candidate's mAP (bench/search_signal.py: 0.012-0.020)")
+    p.add_argument("--interaction", type=float, default=None,
+                   help="sd of the arch-specific term per world (default: the surrogate's leave-one-out "
+                        "error beyond --noise; 0: a purely additive space)")
+    args = p.parse_args(argv)
+    logging.disable(logging.WARNING)  # next_generation warns when a tiny space runs dry
+
+    space = search_space("stage1", yaml.safe_load(args.config.read_text())["stage1"]["space"])
+    data = load_evaluated(args.runs)
+    sur = Surrogate(data["arch"].tolist(), data["map"].to_numpy(float), data["latency_ms"].to_numpy(float))
+    every = [str(s) for s in space]
+    m_all, lat_all = sur.predict(every)
+    bound = 1.1 * float(lat_all.max())
+    print(f"surrogate: {len(data)} trained stage-one candidates, {len(sur.columns)} module effects; "
+          f"leave-one-out mAP error {sur.loo:.4f} (seed noise {args.noise}); mAP over the space "
+          f"{m_all.min():.3f}-{m_all.max():.3f}, latency {lat_all.min():.1f}-{lat_all.max():.1f} ms, "
+          f"{len(every)} architectures")
+    interaction = args.interaction if args.interaction is not None else float(np.sqrt(max(sur.loo ** 2 - args.noise ** 2, 0.0)))
+    print(f"worlds: additive effects + an arch-specific term of sd {interaction:.4f}, + seed noise of sd {args.noise}")
+    top = np.argsort(-m_all)[:3]
+    for i in top:
+        print(f"  predicted best: {every[i]}  mAP {m_all[i]:.3f} at {lat_all[i]:.1f} ms")
+    print(f"\n{'budget':>8}{'trials':>8}{'evolution wins':>16}{'3 of 3':>8}{'HV evolution':>14}{'HV random':>11}"
+          f"{'mean diff':>11}{'sd diff':>9}")
+    for budget in args.budgets:
+        g, n = (int(x) for x in budget.lower().split("x"))
+        res = np.array([trial(s, g, n, space, sur, interaction, args.noise, bound) for s in range(args.trials)])
+        diff = res[:, 0] - res[:, 1]
+        win = float(np.mean(diff > 0))
+        print(f"{budget:>8}{args.trials:>8}{win:>16.2f}{win ** 3:>8.2f}{res[:, 0].mean():>14.4f}"
+              f"{res[:, 1].mean():>11.4f}{diff.mean():>+11.4f}{diff.std():>9.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
