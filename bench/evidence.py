@@ -13,8 +13,10 @@ device (`baselines`), and, for `--agreement-seeds`, every stage-one candidate re
 final recipe (`agreement`). The transfer targets are not run.
 Then it prints:
 
-1. for each baseline, the fastest searched final model at least as accurate, with its speed ratio
-   (baseline latency / searched latency), or "none" (the paper: searched models dominate FPN and
+1. for each baseline, the fastest of this run's searched final models (front0, front1, ...) at
+   least as accurate, with its speed ratio (baseline latency / searched latency), or "none", and
+   the same for the paper's named models (E0: searched by the paper, trained here with the same
+   recipe) (the paper: searched models dominate FPN and
    Cascade R-CNN, E2 at half the time of FPN and +1 mAP);
 2. the hypervolume of each generation's front, evolution against random search, per seed and
    stage (pymoo; objectives -mAP and cost, reference point (0, 1.1 x the largest cost either
@@ -78,19 +80,22 @@ def _metrics(res: Path, kind: str) -> pd.DataFrame:
 
 
 def baseline_table(res: Path) -> pd.DataFrame:
-    """For each baseline, the fastest searched final model at least as accurate, and the ratio."""
+    """For each baseline, the fastest of our searched final models (front0, front1, ...) at least as
+    accurate and the speed ratio (baseline ms / searched ms), and the same for the paper's named
+    models (E0..E5, searched by the paper's authors, not by this run), or "none"."""
     finals, bases = _metrics(res, "final"), _metrics(res, "baselines")
+    groups = {"ours": finals[finals["name"].str.startswith("front")],
+              "paper": finals[~finals["name"].str.startswith("front")]}
     rows = []
     for _, b in bases.iterrows():
-        better = finals[finals["map"] >= b["map"]].sort_values("latency_ms")
-        if better.empty:
-            rows.append({"baseline": b["name"], "baseline_map": b["map"], "baseline_ms": b["latency_ms"],
-                         "searched": "none", "searched_map": np.nan, "searched_ms": np.nan, "speed_ratio": np.nan})
-            continue
-        s = better.iloc[0]
-        rows.append({"baseline": b["name"], "baseline_map": b["map"], "baseline_ms": b["latency_ms"],
-                     "searched": s["name"], "searched_map": s["map"], "searched_ms": s["latency_ms"],
-                     "speed_ratio": b["latency_ms"] / s["latency_ms"]})
+        row = {"baseline": b["name"], "map": b["map"], "ms": b["latency_ms"]}
+        for who, models in groups.items():
+            better = models[models["map"] >= b["map"]].sort_values("latency_ms")
+            s = better.iloc[0] if len(better) else None
+            row.update({who: "none" if s is None else s["name"], f"{who}_map": np.nan if s is None else s["map"],
+                        f"{who}_ms": np.nan if s is None else s["latency_ms"],
+                        f"{who}_ratio": np.nan if s is None else b["latency_ms"] / s["latency_ms"]})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -147,8 +152,9 @@ def agreement(res: Path) -> tuple[float, int]:
     return float(tau), len(pairs)
 
 
-def plot(res: Path, out: Path) -> None:
-    """Searched final models and baselines on one mAP-vs-latency plot (one seed)."""
+def plot(runs: list[tuple[str, Path]], out: Path) -> None:
+    """Searched final models and baselines on one mAP-vs-latency plot: ``runs`` are (seed label,
+    results folder); points are named ``model/seed`` when there are several seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,9 +163,18 @@ def plot(res: Path, out: Path) -> None:
     from smnas.io import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for kind, marker, colour, label in (("final", "*", "tab:red", "searched (final recipe)"),
-                                        ("baselines", "s", "tab:blue", "hand-designed (final recipe)")):
-        df = _metrics(res, kind)
+    frames = {"final": [], "baselines": []}
+    for label, res in runs:
+        for kind in frames:
+            df = _metrics(res, kind)
+            frames[kind].append(df.assign(name=df["name"] + (f"/{label}" if len(runs) > 1 else "")))
+    finals, bases = (pd.concat(f, ignore_index=True) for f in frames.values())
+    ours = finals["name"].str.startswith("front")
+    for df, marker, colour, label in ((finals[ours], "*", "tab:red", "searched by this run (final recipe)"),
+                                      (finals[~ours], "D", "tab:orange", "the paper's searched E0.. (final recipe)"),
+                                      (bases, "s", "tab:blue", "hand-designed (final recipe)")):
+        if df.empty:
+            continue
         ax.scatter(df["latency_ms"], df["map"], marker=marker, s=90 if marker == "*" else 45, c=colour, label=label)
         for _, r in df.iterrows():
             ax.annotate(r["name"], (r["latency_ms"], r["map"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -180,11 +195,13 @@ def analyse(root: Path) -> None:
     cost = {"stage1": cfg["stage1"]["cost"], "stage2": cfg["stage2"]["cost"]}
     pd.set_option("display.width", 160)
     wins: dict[str, list[bool]] = {"stage1": [], "stage2": []}
+    plotted: list[tuple[str, Path]] = []
     for seed_dir in seeds:
         res = seed_dir / "results"
         print(f"\n=== {seed_dir.name} ===")
         table = baseline_table(res)
-        print("baselines vs the fastest searched final model at least as accurate:")
+        print("baselines vs the fastest searched final model at least as accurate (ours: this run's "
+              "front picks; paper: E0..E5; ratio = baseline ms / searched ms):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "  (no baseline ran)")
         hv = hypervolume_table(res, cost)
         if len(hv):
@@ -202,10 +219,14 @@ def analyse(root: Path) -> None:
         if n:
             print(f"search-to-final agreement: Kendall tau {tau:+.3f} over {n} stage-one candidates")
         if (res / "final").is_dir() or (res / "baselines").is_dir():
-            plot(res, seed_dir / "evidence.png")
+            plot([(seed_dir.name, res)], seed_dir / "evidence.png")
             print(f"figure: {seed_dir / 'evidence.png'}")
+            plotted.append((f"s{seed_dir.name.removeprefix('seed')}", res))
     for stage, w in wins.items():
         print(f"{stage}: evolution's last-generation hypervolume above random search's on {sum(w)} of {len(w)} seeds")
+    if len(plotted) > 1:
+        plot(plotted, root / "evidence.png")
+        print(f"figure, every seed: {root / 'evidence.png'}")
 
 
 def main() -> None:
