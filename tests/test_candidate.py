@@ -162,4 +162,4 @@ def test_a_folder_whose_architecture_changed_does_not_resume_the_old_checkpoint(
     assert result["status"] == "ok" and result["arch"] == str(other) and len(result["history"]) == 2
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     build_detector(other, OPTS).load_state_dict(state)  # the new architecture's weights
-    assert (tmp_path / "train" / "arch.txt").read_text().strip() == str(other)
+    assert json.loads((tmp_path / "train" / "run.json").read_text())["arch"] == str(other)

@@ -99,8 +99,9 @@ def test_two_processes_step_as_one_process_with_the_double_batch(job, tmp_path):
 
 def test_rank0_alone_wrote_the_outputs(job):
     files = sorted(str(p.relative_to(job["out"])) for p in job["out"].rglob("*") if p.is_file())
-    assert files == ["det/last.pt", "det_rank0.pt", "det_rank1.pt", "nan/last.pt", "pre/w.pt", "pre/work/last.pt",
-                     "pre/work/metrics.json", "rank0.json", "rank1.json"]
+    assert files == ["det/last.pt", "det/run.json", "det_rank0.pt", "det_rank1.pt", "nan/last.pt", "nan/run.json",
+                     "pre/w.pt", "pre/work/last.pt", "pre/work/metrics.json", "pre/work/run.json", "rank0.json",
+                     "rank1.json"]
     assert job["stdout"].count('"backbone": "resnet18@0.125+gnws"') == 1  # printed once
 
 

@@ -320,7 +320,7 @@ def test_a_failed_write_leaves_no_weights_and_no_metrics(tiny_cls, tmp_path, mon
     with pytest.raises(OSError, match="disk full"):
         pretrain_backbone("resnet18", 0.125, tiny_cls, tmp_path / "w.pt", tmp_path / "work", CFG, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["last.pt"]  # resumable, no metrics
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["last.pt", "run.json"]  # resumable, no metrics
 
 
 def test_a_non_finite_loss_is_an_error_and_writes_no_weights(tiny_cls, tmp_path, monkeypatch):

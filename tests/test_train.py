@@ -1,6 +1,7 @@
 """The training loop: exact resume, non-finite loss handling, schedule."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from smnas.data.coco import load_coco
 from smnas.data.dataset import DetectionDataset
-from smnas.engine.train import CHECKPOINT, TrainConfig, lr_lambda, train
+from smnas.engine.train import CHECKPOINT, RUN_RECORD, TrainConfig, lr_lambda, run_identity, train
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.spec import parse_spec
 
@@ -42,12 +43,17 @@ def _interrupt_after(epochs: int, model, data, workdir) -> None:
 
 
 def _fresh_process_model(paths):
-    """The model a new process would build before resuming: other random weights."""
-    torch.manual_seed(12345)
+    """The model a new process builds before resuming: the same initial weights (same code and
+    seed), which is what lets it resume (run.json); it then takes every weight from last.pt."""
     model, _ = _setup(paths)
-    for p in model.parameters():
-        p.data.normal_()
     return model
+
+
+def _resumed(model, data, workdir) -> tuple[object, list[int]]:
+    """Train to the end; the result and the epochs that ran (a restart would run epoch 1)."""
+    epochs_run: list[int] = []
+    res = train(model, data, CFG, workdir, progress=False, on_epoch_end=lambda epoch, _losses: epochs_run.append(epoch))
+    return res, epochs_run
 
 
 def _assert_same_weights(model_a, model_b) -> None:
@@ -67,8 +73,8 @@ def test_resume_after_interruption_gives_identical_weights(tiny_coco, tmp_path):
     # plain weights_only=True, no allow-list: the checkpoint holds tensors and plain values only
     assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 1
     model_c = _fresh_process_model(tiny_coco)
-    res_c = train(model_c, data, CFG, tmp_path / "b", progress=False)
-    assert res_c.status == "ok" and res_c.history == res_a.history
+    res_c, epochs_run = _resumed(model_c, data, tmp_path / "b")
+    assert res_c.status == "ok" and res_c.history == res_a.history and epochs_run == [2, 3]
     _assert_same_weights(model_a, model_c)
 
 
@@ -110,9 +116,43 @@ def test_checkpoint_with_the_older_numpy_rng_form_still_resumes(tiny_coco, tmp_p
         torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
 
     model_c = _fresh_process_model(tiny_coco)
-    res_c = train(model_c, data, CFG, tmp_path / "b", progress=False)
-    assert res_c.status == "ok" and res_c.history == res_a.history
+    res_c, epochs_run = _resumed(model_c, data, tmp_path / "b")
+    assert res_c.status == "ok" and res_c.history == res_a.history and epochs_run == [2, 3]
     _assert_same_weights(model_a, model_c)
+
+
+@pytest.mark.parametrize("change", ["lr", "initial weights", "identity", "no run.json"])
+def test_a_checkpoint_of_another_run_is_not_resumed(tiny_coco, tmp_path, change):
+    """After a config change (lr), new pretrained weights or a model the code builds differently
+    (initial weights), other data (the caller's identity), or from before run.json existed, a
+    rerun in the same folder starts afresh: a resume would finish the old run and report it as
+    the new one. The new run then resumes as usual."""
+    model_a, data = _setup(tiny_coco)
+    _interrupt_after(1, model_a, data, tmp_path)
+    cfg = TrainConfig(**{**CFG.__dict__, "lr": 0.02}) if change == "lr" else CFG
+    identity = {"annotations": "another file"} if change == "identity" else None
+    if change == "no run.json":
+        (tmp_path / RUN_RECORD).unlink()
+
+    def model():
+        m, _ = _setup(tiny_coco)
+        if change == "initial weights":
+            next(m.parameters()).data[0] += 1.0
+        return m
+
+    def run(m):
+        epochs_run: list[int] = []
+        res = train(m, data, cfg, tmp_path, progress=False, identity=identity,
+                    on_epoch_end=lambda epoch, _losses: epochs_run.append(epoch))
+        return res, epochs_run
+
+    model_b = model()
+    expected = run_identity(model_b, cfg, identity)
+    res, epochs_run = run(model_b)
+    assert res.status == "ok" and epochs_run == [1, 2, 3]
+    assert json.loads((tmp_path / RUN_RECORD).read_text()) == expected
+    res, epochs_run = run(model())  # the same run again: resumed, nothing left to train
+    assert res.status == "ok" and epochs_run == [] and len(res.history) == 3
 
 
 class _RunsCode:
@@ -130,6 +170,7 @@ def test_a_checkpoint_that_names_code_is_refused_not_run(tiny_coco, tmp_path):
     marker = tmp_path / "ran"
     (tmp_path / "w").mkdir()
     torch.save({"model": model.state_dict(), "epoch": 1, "payload": _RunsCode(marker)}, tmp_path / "w" / CHECKPOINT)
+    (tmp_path / "w" / RUN_RECORD).write_text(json.dumps(run_identity(model, CFG)))  # so that it is loaded
     with pytest.raises(pickle.UnpicklingError, match="open"):
         train(model, data, CFG, tmp_path / "w", progress=False)
     assert not marker.exists()

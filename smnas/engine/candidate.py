@@ -10,6 +10,7 @@ steps pass that on without work, so a search generation always completes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from smnas.engine.inference import predict
 from smnas.engine.measure import measure_latency
 from smnas.engine.train import TrainConfig, train
 from smnas.evaluation import coco_evaluate, voc_map50, write_detections
-from smnas.io import atomic_open, atomic_path, atomic_write_json
+from smnas.io import atomic_path, atomic_write_json
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.spec import DetectorSpec
 
@@ -76,13 +77,17 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
     if opts.num_classes != train_set.num_classes:
         raise ValueError(f"DetectorOptions.num_classes={opts.num_classes} but {data.train_json} has {train_set.num_classes} categories")
     torch.manual_seed(cfg.seed)  # the same initial weights for the same spec and seed
-    _forget_other_architecture(workdir / "train", spec)
     model = build_detector(spec, opts)
     if init_state is not None:
         _load_init_state(model, spec, init_state)
+    # A checkpoint of another run in this folder (another arch, settings, data or initial weights)
+    # is not resumed; the initial weights' digest covers the pretrained or inherited ones.
+    identity = {"arch": str(spec), "detector": {k: v for k, v in asdict(opts).items() if k != "backbone_weights"},
+                "train_json": str(data.train_json), "annotations": _sha256(data.train_json),
+                "scale_jitter": list(scale_jitter) if scale_jitter else None}
     try:
         result = train(model, train_set, cfg, workdir / "train", device=device, progress=progress,
-                       lock=DeviceLock(device)).to_dict()
+                       lock=DeviceLock(device), identity=identity).to_dict()
     except (RuntimeError, MemoryError) as err:
         if not _is_out_of_memory(err):
             raise
@@ -99,19 +104,8 @@ def train_candidate(spec: DetectorSpec, data: DataPaths, cfg: TrainConfig, opts:
     return result
 
 
-def _forget_other_architecture(train_dir: Path, spec: DetectorSpec) -> None:
-    """A folder whose architecture changed (a final model picked again from a new front) must
-    not resume the old one's checkpoint: the run starts afresh. ``arch.txt`` records whose it is."""
-    from smnas.engine.train import CHECKPOINT
-
-    record = train_dir / "arch.txt"
-    if record.exists() and record.read_text().strip() != str(spec) and (train_dir / CHECKPOINT).exists():
-        log.warning("%s: the checkpoint there is %s's, not %s's: starting afresh",
-                    train_dir, record.read_text().strip(), spec)
-        (train_dir / CHECKPOINT).unlink()
-    if dist_env().is_main:
-        with atomic_open(record) as f:
-            f.write(f"{spec}\n")
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _load_init_state(model: torch.nn.Module, spec: DetectorSpec, path: str | Path) -> None:

@@ -215,8 +215,10 @@ def pretrain_backbone(
         classification_transforms(cfg.image_size, False, *mean_std))
     torch.manual_seed(cfg.optim.seed)  # the same initial weights for the same backbone and seed
     classifier = BackboneClassifier(build_backbone(backbone, width, norm), len(train_set.classes))
+    identity = {"backbone": key, "data": str(data_root), "train_images": len(train_set), "classes": train_set.classes,
+                "pretrain": {k: v for k, v in asdict(cfg).items() if k != "optim"}}
     result = train(_ClassificationLoss(classifier, cfg.label_smoothing), _WithTargets(train_set), cfg.optim,
-                   workdir, device=dev, progress=progress, lock=DeviceLock(str(dev)))
+                   workdir, device=dev, progress=progress, lock=DeviceLock(str(dev)), identity=identity)
     if result.status != "ok":
         raise SmnasError(f"pretraining {key} failed: {result.reason} "
                          f"(checkpoint of epoch {result.epochs} in {workdir})")

@@ -17,6 +17,8 @@ writes the checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -24,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -37,11 +39,12 @@ from smnas.data.dataset import collate
 from smnas.engine.device_lock import DeviceLock
 from smnas.engine.distributed import DistEnv, all_true, barrier, gather_objects, init_distributed, mean_over_ranks
 from smnas.errors import SmnasError
-from smnas.io import atomic_path
+from smnas.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
+RUN_RECORD = "run.json"  # beside last.pt: which run wrote it (see run_identity)
 SCHEDULES = ("cosine", "step")
 
 
@@ -230,6 +233,40 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=device, weights_only=True)
 
 
+def run_identity(model: nn.Module, cfg: TrainConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the optimisation settings, a digest of the
+    initial weights (every tensor's name, shape and bytes: the architecture as the code builds it,
+    the seed, pretrained or inherited weights) and the caller's ``extra`` (data, augmentation), as
+    plain JSON types."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().reshape(-1).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{flat.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return json.loads(json.dumps({"train": asdict(cfg), "initial_weights": digest.hexdigest(), **(extra or {})}))
+
+
+def _forget_other_run(workdir: Path, identity: dict[str, Any], env: DistEnv, device: torch.device) -> None:
+    """A ``last.pt`` written by another run (another architecture in a reused folder, new settings
+    or pretrained weights after a config change, a model the code now builds differently) is
+    deleted, never resumed: a resume would silently finish the old run. Then ``run.json`` records
+    this run. Every process decides before the main one deletes."""
+    ckpt, record = workdir / CHECKPOINT, workdir / RUN_RECORD
+    old = json.loads(record.read_text()) if record.exists() else None
+    stale = ckpt.exists() and old != identity
+    barrier(env, device)
+    if not env.is_main:
+        barrier(env, device)
+        return
+    if stale:
+        why = ("no run.json says which run wrote it" if old is None else "it was written by a run with another "
+               + ", ".join(k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)))
+        log.warning("%s: %s; starting afresh", ckpt, why)
+        ckpt.unlink()
+    atomic_write_json(record, identity, indent=1)
+    barrier(env, device)
+
+
 def train(
     model: nn.Module,
     dataset: Dataset,
@@ -239,6 +276,7 @@ def train(
     progress: bool | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     lock: DeviceLock | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` (torchvision detection convention) on ``dataset``, resuming if possible.
 
@@ -252,13 +290,16 @@ def train(
         model: returns a dict of losses from ``model(images, targets)`` in train mode.
         dataset: yields ``(image FloatTensor[3, H, W], target dict)`` (see DetectionDataset).
         cfg: optimisation settings.
-        workdir: holds ``last.pt``; if it exists the run resumes after its epoch.
+        workdir: holds ``last.pt``; if it exists and was written by the same run (``run.json``:
+            :func:`run_identity`), the run resumes after its epoch, else it starts afresh.
         device: where to train (under torchrun ``"cuda"`` means ``cuda:LOCAL_RANK``).
         progress: show a tqdm bar (default: when stderr is a terminal; rank 0 only).
         on_epoch_end: called as ``on_epoch_end(epoch, mean_losses)`` after each checkpoint, in
             every process.
         lock: held shared for every step (batch loading included), so that a latency
             measurement elsewhere on the machine has the device alone (see DeviceLock).
+        identity: what else defines the run beside ``cfg`` and the initial weights (data,
+            augmentation, the architecture's name), JSON-serialisable.
 
     Returns:
         A TrainResult; ``model`` holds the trained weights (on ``device``) when status is "ok".
@@ -268,6 +309,7 @@ def train(
     if env.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     progress = env.is_main and (sys.stderr.isatty() if progress is None else progress)
+    _forget_other_run(workdir, run_identity(model, cfg, identity), env, device)
     model.to(device)
     sampler_gen = torch.Generator()
     loader = _make_loader(dataset, cfg, env, sampler_gen)
