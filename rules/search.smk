@@ -14,9 +14,11 @@
 
 
 checkpoint groups:
-    """Stage two's groups: structures spread along the stage-one front (a checkpoint)."""
+    """Stage two's groups: structures spread along the stage-one front (a checkpoint). The random
+    search's stage two searches the evolution's groups, so that each stage is a paired comparison
+    (the same generation 0, then mutations against uniform draws)."""
     input:
-        stage1_front="results/{pre}stage1/front.parquet",
+        stage1_front="results/stage1/front.parquet",
     output:
         groups="results/{pre}stage2/groups.parquet",
     params:
@@ -219,7 +221,8 @@ rule stage2:
 
 rule random_search:
     """Target: the random-search baseline, same spaces, budget and training as the evolution
-    (generation 0 shared; later ones drawn uniformly), in results/random/."""
+    (generation 0 shared; later ones drawn uniformly; stage two in the evolution's groups), in
+    results/random/."""
     input:
         "results/random/stage1/front.parquet",
         "results/random/stage2/front.parquet",
