@@ -7,7 +7,8 @@
 For each seed, one workflow run (config/config.yaml with that seed, a longer search than the
 main job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along
 the front) builds, side by side on one machine: the evolutionary search and its final models, the
-random-search baseline at the same budget (`random_search`), the baselines Faster R-CNN R18/R50-FPN,
+random-search baseline at the same budget (`random_search`: generation 0 shared, stage two in the
+evolution's groups, so each stage is a paired comparison), the baselines Faster R-CNN R18/R50-FPN,
 RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe and timed on the same
 device (`baselines`), and, for `--agreement-seeds`, every stage-one candidate retrained with the
 final recipe (`agreement`). The transfer targets are not run.
@@ -16,15 +17,17 @@ Then it prints:
 1. for each baseline, the fastest of this run's searched final models (front0, front1, ...) at
    least as accurate, with its speed ratio (baseline latency / searched latency), or "none", and
    the same for the paper's named models (E0: searched by the paper, trained here with the same
-   recipe) (the paper: searched models dominate FPN and
-   Cascade R-CNN, E2 at half the time of FPN and +1 mAP);
+   recipe) (the paper: searched models dominate FPN and Cascade R-CNN, E2 at half the time of
+   FPN and +1 mAP);
 2. the hypervolume of each generation's front, evolution against random search, per seed and
    stage (pymoo; objectives -mAP and cost, reference point (0, 1.1 x the largest cost either
    search evaluated), costs divided by that bound);
 3. search-to-final agreement: Kendall tau between the short-training mAP of the stage-one
    candidates and their mAP after the final recipe;
 and draws `evidence.png`: the searched models and the baselines on one mAP-vs-latency plot.
-The seed-to-seed signal of single candidates is bench/search_signal.py's.
+The seed-to-seed signal of single candidates is bench/search_signal.py's; how often evolution
+should beat random search at such a budget at all, bench/search_sim.py's. `--final-seeds` limits
+the final models and baselines to some seeds (the others run only the two searches).
 """
 from __future__ import annotations
 
