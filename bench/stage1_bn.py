@@ -85,6 +85,8 @@ def summarize(table: pd.DataFrame, rows: list[dict]) -> None:
     t["bn_mean"], t["bn_sd"] = t[seeds].mean(axis=1), t[seeds].std(axis=1)
     pd.set_option("display.width", 200)
     print(t.round(3).to_string())
+    t = t.dropna(subset=seeds)  # the taus over candidates trained with every seed
+    print(f"over the {len(t)} candidates trained with every seed:")
     for a, b in itertools.combinations(seeds, 2):
         print(f"Kendall tau between seeds {a} and {b}: {kendalltau(t[a], t[b]).statistic:+.2f}")
     for s in seeds:
