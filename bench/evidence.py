@@ -95,8 +95,6 @@ def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
     timing every model once (``measure_latency``, batch 1, one thread, the first ``images`` val
     images) in a new random order, so that a slow spell of a noisy machine hits them all alike;
     the median over rounds per model. Written to ``retimed.csv`` beside ``results/``."""
-    import json as _json
-
     import torch
 
     from smnas.engine.candidate import DataPaths, latency_images
@@ -110,15 +108,15 @@ def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
         for name in _metrics(res, kind)["name"]:
             folder = res / kind / name
             spec = parse_spec((folder / "arch.txt").read_text().strip())
-            opts = detector_options({"detector": detector}, _json.loads((folder / "train.json").read_text())["num_classes"])
+            opts = detector_options({"detector": detector}, json.loads((folder / "train.json").read_text())["num_classes"])
             model = build_detector(spec, opts)
             model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
             models[(kind, name)] = model.eval()
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), images)
-    rng, times = np.random.default_rng(0), {key: [] for key in models}
+    rng, keys, times = np.random.default_rng(0), list(models), {key: [] for key in models}
     for _ in range(rounds):
-        for i in rng.permutation(len(models)):
-            key = list(models)[i]
+        for i in rng.permutation(len(keys)):
+            key = keys[i]
             times[key].append(measure_latency(models[key], imgs, runs=1, threads=1).median_ms)
     table = pd.DataFrame([{"kind": k, "name": n, "latency_ms": float(np.median(t)), "min_ms": min(t), "max_ms": max(t),
                            "rounds": len(t)} for (k, n), t in times.items()])

@@ -48,7 +48,7 @@ from smnas.workflow.config import search_space  # noqa: E402
 
 def features(spec: DetectorSpec) -> list[str]:
     """The module choices a surrogate gives one effect each."""
-    neck = "none" if spec.neck.kind == "none" else f"fpn:{spec.neck}".split(":c")[0]
+    neck = str(spec.neck).split(":c")[0]  # "none" or the FPN's level range; its channels are fixed here
     return [f"bb={spec.backbone.name}", f"neck={neck}", f"rpn={spec.rpn.kind}", f"head={spec.head}",
             f"size={spec.input_size[0]}x{spec.input_size[1]}"]
 
@@ -109,17 +109,18 @@ class World:
         self.sur, self.interaction, self.noise, self.rng = sur, interaction, noise, rng
         self.offset: dict[str, float] = {}
 
-    def true_map(self, archs: list[str]) -> np.ndarray:
-        m, _ = self.sur.predict(archs)
+    def evaluate(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One noisy evaluation of each arch: (mAP, latency in ms)."""
+        m, lat = self.sur.predict(archs)
         for a in archs:
             self.offset.setdefault(a, float(self.rng.normal(0.0, self.interaction)))
-        return np.clip(m + np.array([self.offset[a] for a in archs]), 0.0, None)
+        true = np.clip(m + np.array([self.offset[a] for a in archs]), 0.0, None)
+        return np.clip(true + self.rng.normal(0.0, self.noise, len(archs)), 0.0, None), lat
 
 
 def _evaluate(rows: list[dict], world: World) -> pd.DataFrame:
     archs = [r["arch"] for r in rows]
-    _, lat = world.sur.predict(archs)
-    m = np.clip(world.true_map(archs) + world.rng.normal(0.0, world.noise, len(archs)), 0.0, None)
+    m, lat = world.evaluate(archs)
     return pd.DataFrame({"arch": archs, "status": "ok", "map": m, "latency_ms": lat})
 
 
