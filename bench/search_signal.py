@@ -98,8 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--proposals", type=int, default=None, help="rpn_post_nms_top_n (training; half at test)")
     g.add_argument("--pre-nms", type=int, default=None, help="rpn_pre_nms_top_n")
     g.add_argument("--box-batch", type=int, default=None, help="box_batch_size_per_image")
+    g.add_argument("--init", choices=["scratch", "pretrain"], default=None,
+                   help="backbones start from scratch or from the config's pretraining stage, at each "
+                        "spec's width and norm (default: the config's stage1.init)")
+    g.add_argument("--norm", choices=["bn", "gnws"], default=None, help="every candidate's norm (default: each spec's own)")
     g = p.add_argument_group("run")
     g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--jobs", type=int, default=1, help="trainings at once, each in its own process (default 1)")
     g.add_argument("--latency", action="store_true", help="also time each candidate (the workflow's time job)")
     g.add_argument("--keep-models", action="store_true", help="keep model.pt and checkpoints")
     return p.parse_args(argv)
@@ -142,8 +147,19 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         specs = [replace(s, backbone=replace(s.backbone, width=args.width)) for s in specs]
     if args.input_size is not None:
         specs = [replace(s, input_size=tuple(args.input_size)) for s in specs]
-    return {"specs": [str(s) for s in specs], "seeds": list(args.seeds), "data": data, "train": train,
-            "detector": det, "latency": args.latency}
+    if args.norm is not None:
+        specs = [s.with_norm(args.norm) for s in specs]
+    init = args.init or cfg["stage1"].get("init", "scratch")
+    if init not in ("scratch", "pretrain"):
+        raise SystemExit(f"{args.config}: stage1.init {init!r}: this bench measures scratch or pretrain")
+    out = {"specs": [str(s) for s in specs], "seeds": list(args.seeds), "data": data, "train": train,
+           "detector": det, "latency": args.latency, "init": init}
+    if init == "pretrain":  # the pretraining stage's settings (rules/pretrain.smk), built-in crops only
+        if "builtin" not in cfg["pretrain"]["data"]:
+            raise SystemExit(f"{args.config}: pretrain.data: this bench pretrains on the built-in crops only")
+        out["pretrain"] = {"seed": data["seed"], "data": cfg["pretrain"]["data"]["builtin"],
+                           "train": cfg["pretrain"]["train"]}
+    return out
 
 
 def _scene_overrides(items: list[str]) -> dict[str, float]:
@@ -205,10 +221,36 @@ def _label_stats(coco_root: Path) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- pretrained backbones
+
+def pretrained(spec_text: str, pretrain: dict[str, Any], cache: Path) -> Path:
+    """The backbone weights of ``spec_text`` from the pretraining stage (the workflow's own jobs:
+    ``make_classification`` then ``pretrain``), trained once per settings and backbone under ``cache``."""
+    from smnas.models.registry import backbone_key
+    from smnas.models.spec import parse_spec
+    from smnas.workflow import jobs
+
+    spec = parse_spec(spec_text)
+    root = cache / "pretrained" / hashlib.sha1(json.dumps(pretrain, sort_keys=True).encode()).hexdigest()[:12]
+    key = backbone_key(spec.backbone.name, spec.backbone.width, spec.norm)
+    weights = root / key / "weights.pt"
+    if weights.exists():
+        return weights
+    manifest = root / "classification" / "dataset.json"
+    if not manifest.exists():
+        jobs.make_classification(str(manifest), pretrain["seed"], pretrain["data"])
+    t0 = time.perf_counter()
+    jobs.pretrain(str(manifest), str(weights), str(root / key / "metrics.json"), key, str(manifest.parent),
+                  pretrain["train"], pretrain["seed"], "cpu")
+    top1 = json.loads((root / key / "metrics.json").read_text()).get("top1")
+    log.info("pretrained %s: top-1 %s (%.0f s)", key, top1, time.perf_counter() - t0)
+    return weights
+
+
 # ---------------------------------------------------------------- runs
 
 def run_one(spec_text: str, seed: int, settings: dict[str, Any], coco_root: Path, workdir: Path,
-            keep_models: bool) -> dict[str, Any]:
+            keep_models: bool, weights: Path | None = None) -> dict[str, Any]:
     """Train and evaluate one candidate with one seed (the workflow's train and evaluate jobs)."""
     from smnas.data.coco import load_coco
     from smnas.engine.candidate import DataPaths, evaluate_trained, time_candidate, train_candidate
@@ -222,7 +264,8 @@ def run_one(spec_text: str, seed: int, settings: dict[str, Any], coco_root: Path
     data = DataPaths.coco_layout(coco_root)
     spec = parse_spec(spec_text)
     num_classes = len(load_coco(data.train_json, check_images=False)["categories"])
-    opts = DetectorOptions(num_classes=num_classes, **settings["detector"])
+    opts = DetectorOptions(num_classes=num_classes, backbone_weights=str(weights) if weights else None,
+                           **settings["detector"])
     cfg = TrainConfig(seed=seed, **settings["train"])
     t0 = time.perf_counter()
     trained = train_candidate(spec, data, cfg, opts, workdir, device="cpu", progress=False)
@@ -238,6 +281,38 @@ def run_one(spec_text: str, seed: int, settings: dict[str, Any], coco_root: Path
         for name in ("model.pt", "train/last.pt", "detections.json"):
             (workdir / name).unlink(missing_ok=True)
     return row
+
+
+def _backbone(spec_text: str) -> str:
+    from smnas.models.registry import backbone_key
+    from smnas.models.spec import parse_spec
+
+    spec = parse_spec(spec_text)
+    return backbone_key(spec.backbone.name, spec.backbone.width, spec.norm)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _pool(jobs: int, threads: int):
+    """``jobs`` worker processes (spawned, ``threads`` torch threads each); 1: this process."""
+    import multiprocessing
+    from concurrent.futures import Executor, Future, ProcessPoolExecutor
+
+    if jobs > 1:
+        return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_set_threads, initargs=(threads,))
+
+    class Inline(Executor):
+        def submit(self, fn, /, *args, **kwargs):
+            future = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+    return Inline()
 
 
 def summarize(settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -297,7 +372,8 @@ def print_table(settings: dict[str, Any], summary: dict[str, Any], file=sys.stdo
     print(f"data: {d['num_train']}/{d['num_val']} images {d['image_size'][0]}x{d['image_size'][1]} seed {d['seed']}"
           + (f" scene {d['scene']}" if d["scene"] else "") + (f" object_size {d['object_size']}" if d["object_size"] else "")
           + (f" min_area {d['min_area']}" if d["min_area"] else ""), file=file)
-    print(f"train: epochs {t['epochs']} batch {t['batch_size']} lr {t['lr']} warmup {t['warmup_iters']}; "
+    print(f"train: epochs {t['epochs']} batch {t['batch_size']} lr {t['lr']} warmup {t['warmup_iters']}, "
+          f"backbones from {settings.get('init', 'scratch')}; "
           f"detector: {det}; seeds {settings['seeds']}", file=file)
     print(f"{'candidate':<62}{'mAP mean':>9}{'sd':>8}{'AP50':>7}  {'per seed':<22}{'train s':>8}{'eval s':>7}", file=file)
     for c in summary["candidates"]:
@@ -333,9 +409,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if not args.summarize:
         coco_root = dataset(settings["data"], args.data_cache)
-        for seed in settings["seeds"]:  # seed-major: complete seed columns come first
-            for i, spec in enumerate(settings["specs"]):
-                row = run_one(spec, seed, settings, coco_root, args.out / "runs" / f"c{i}_s{seed}", args.keep_models)
+        with _pool(args.jobs, args.threads) as pool:
+            weights = {spec: None for spec in settings["specs"]}
+            if settings["init"] == "pretrain":  # one pretraining per backbone, before the trainings
+                keys = {_backbone(spec): spec for spec in settings["specs"]}
+                done = dict(zip(keys, pool.map(pretrained, keys.values(), [settings["pretrain"]] * len(keys),
+                                               [args.data_cache] * len(keys))))
+                weights = {spec: done[_backbone(spec)] for spec in settings["specs"]}
+            # seed-major: complete seed columns come first
+            tasks = [(i, seed, spec) for seed in settings["seeds"] for i, spec in enumerate(settings["specs"])]
+            futures = [pool.submit(run_one, spec, seed, settings, coco_root, args.out / "runs" / f"c{i}_s{seed}",
+                                   args.keep_models, weights[spec]) for i, seed, spec in tasks]
+            for (i, seed, spec), future in zip(tasks, futures):
+                row = future.result()
                 log.info("c%d seed %d: map %.4f train %.1f s  %s", i, seed, _map(row), row["train_seconds"], spec)
     for i, spec in enumerate(settings["specs"]):
         for seed in settings["seeds"]:

@@ -49,7 +49,7 @@ def candidates(run: Path) -> pd.DataFrame:
     return pd.DataFrame({"arch": pop["arch"].tolist(), "search": pop["map"].tolist(), "final": finals})
 
 
-def train_one(run: Path, arch: str, seed: int, out: Path, detector: dict) -> dict:
+def train_one(run: Path, arch: str, seed: int, out: Path, detector: dict, recipe: dict = RECIPE) -> dict:
     """One BN training from the run's pretrained backbone; metrics.json in ``out`` (kept)."""
     from smnas.engine.candidate import DataPaths, evaluate_trained, train_candidate
     from smnas.engine.train import TrainConfig
@@ -66,7 +66,7 @@ def train_one(run: Path, arch: str, seed: int, out: Path, detector: dict) -> dic
     data = DataPaths.coco_layout(run / "data" / "synthetic" / "coco")
     opts = detector_options({"detector": detector}, 6, str(weights))
     t0 = time.perf_counter()
-    train_candidate(spec, data, TrainConfig(seed=seed, **RECIPE), opts, out, progress=False)
+    train_candidate(spec, data, TrainConfig(seed=seed, **recipe), opts, out, progress=False)
     row = evaluate_trained(spec, data, opts, out, progress=False)
     row.update(search_arch=arch, seed=seed, wall_seconds=time.perf_counter() - t0)
     row.pop("spans", None)
@@ -106,12 +106,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="one folder per training (kept; a rerun resumes)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--summarize", action="store_true", help="only print the table of --out")
+    p.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    p.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    p.add_argument("--lr", type=float, default=RECIPE["lr"])
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     from smnas.models.spec import spec_hash
 
+    recipe = dict(RECIPE, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     table = candidates(args.run)
     detector = yaml.safe_load((args.run.parent / "base.yaml").read_text())["detector"]
     rows = []
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             out = args.out / f"seed{seed}" / spec_hash(arch)
             if args.summarize and not (out / "metrics.json").exists():
                 continue
-            row = train_one(args.run, arch, seed, out, detector)
+            row = train_one(args.run, arch, seed, out, detector, recipe)
             rows.append(row)
             if not args.summarize:
                 print(f"seed {seed} {arch}: mAP {row['map']:.4f} in {row['wall_seconds']:.0f} s", flush=True)
