@@ -199,7 +199,8 @@ def agreement(res: Path) -> tuple[float, int]:
 
 def plot(runs: list[tuple[str, Path]], out: Path) -> None:
     """Searched final models and baselines on one mAP-vs-latency plot: ``runs`` are (seed label,
-    results folder); points are named ``model/seed`` when there are several seeds."""
+    results folder). Each baseline and paper model has its own colour, named in the legend (one
+    point per seed); the searched models are red stars named ``model/seed`` beside the point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,23 +212,26 @@ def plot(runs: list[tuple[str, Path]], out: Path) -> None:
     frames = {"final": [], "baselines": []}
     for label, res in runs:
         for kind in frames:
-            df = _metrics(res, kind)
-            frames[kind].append(df.assign(name=df["name"] + (f"/{label}" if len(runs) > 1 else "")))
+            frames[kind].append(_metrics(res, kind).assign(seed=label))
     finals, bases = (pd.concat(f, ignore_index=True) for f in frames.values())
     ours = finals["name"].str.startswith("front")
-    for df, marker, colour, label in ((finals[ours], "*", "tab:red", "searched by this run (final recipe)"),
-                                      (finals[~ours], "D", "tab:orange", "the paper's searched E0.. (final recipe)"),
-                                      (bases, "s", "tab:blue", "hand-designed (final recipe)")):
-        if df.empty:
-            continue
-        ax.scatter(df["latency_ms"], df["map"], marker=marker, s=90 if marker == "*" else 45, c=colour, label=label)
-        for _, r in df.iterrows():
-            ax.annotate(r["name"], (r["latency_ms"], r["map"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    colours = iter(plt.get_cmap("tab10").colors[:3] + plt.get_cmap("tab10").colors[4:])  # red is ours
+    for df, marker, suffix in ((bases, "s", ""), (finals[~ours], "D", " (paper)")):
+        for name, group in df.groupby("name", sort=True):
+            ax.scatter(group["latency_ms"], group["map"], marker=marker, s=45, color=next(colours),
+                       label=f"{name}{suffix}")
+    searched = finals[ours]
+    if not searched.empty:
+        ax.scatter(searched["latency_ms"], searched["map"], marker="*", s=110, color="tab:red",
+                   label="searched by this run", zorder=3)
+        for _, r in searched.iterrows():
+            text = r["name"] + (f"/{r['seed']}" if len(runs) > 1 else "")
+            ax.annotate(text, (r["latency_ms"], r["map"]), fontsize=7, xytext=(5, -3), textcoords="offset points")
     ax.set_xlabel("inference time (ms, batch 1, this CPU)")
     ax.set_ylabel("COCO mAP (built-in val)")
-    ax.set_title("searched vs hand-designed detectors")
+    ax.set_title("searched vs hand-designed detectors, final recipe" + (f", {len(runs)} seeds" if len(runs) > 1 else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
