@@ -16,6 +16,10 @@ Defaults are the main job's (``config/config.yaml``): its ``data.builtin`` datas
 lever. The generated dataset is kept under ``--data-cache`` by its settings and reused by later
 runs with the same settings; trained candidates are never reused across ``--out`` folders (a
 rerun into the same folder resumes the runs that are missing, and refuses other settings).
+Backbones start as the config's ``stage1.init`` says (``--init`` overrides it): from scratch, or
+from the pretraining stage (``pretrain``), whose jobs (``make_classification``, ``pretrain``) run
+once per backbone and settings under ``--data-cache``. ``--jobs 2`` trains two candidates at a
+time, each in its own process with ``--threads`` threads.
 
 Dataset difficulty: the config's ``data.builtin`` scene keys (``smnas.data.scenes.SceneOptions``:
 ``object_size``, ``large_share``, ``max_objects``, ``hue_spread``, ``noise``, ``distractors``) are
@@ -223,6 +227,17 @@ def _label_stats(coco_root: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- pretrained backbones
 
+def classification_data(pretrain: dict[str, Any], cache: Path) -> Path:
+    """The manifest of the pretraining crops of these settings (written once, by one process)."""
+    from smnas.workflow import jobs
+
+    root = cache / "pretrained" / hashlib.sha1(json.dumps(pretrain, sort_keys=True).encode()).hexdigest()[:12]
+    manifest = root / "classification" / "dataset.json"
+    if not manifest.exists():
+        jobs.make_classification(str(manifest), pretrain["seed"], pretrain["data"])
+    return manifest
+
+
 def pretrained(spec_text: str, pretrain: dict[str, Any], cache: Path) -> Path:
     """The backbone weights of ``spec_text`` from the pretraining stage (the workflow's own jobs:
     ``make_classification`` then ``pretrain``), trained once per settings and backbone under ``cache``."""
@@ -231,14 +246,12 @@ def pretrained(spec_text: str, pretrain: dict[str, Any], cache: Path) -> Path:
     from smnas.workflow import jobs
 
     spec = parse_spec(spec_text)
-    root = cache / "pretrained" / hashlib.sha1(json.dumps(pretrain, sort_keys=True).encode()).hexdigest()[:12]
+    manifest = classification_data(pretrain, cache)
+    root = manifest.parent.parent
     key = backbone_key(spec.backbone.name, spec.backbone.width, spec.norm)
     weights = root / key / "weights.pt"
     if weights.exists():
         return weights
-    manifest = root / "classification" / "dataset.json"
-    if not manifest.exists():
-        jobs.make_classification(str(manifest), pretrain["seed"], pretrain["data"])
     t0 = time.perf_counter()
     jobs.pretrain(str(manifest), str(weights), str(root / key / "metrics.json"), key, str(manifest.parent),
                   pretrain["train"], pretrain["seed"], "cpu")
@@ -412,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         with _pool(args.jobs, args.threads) as pool:
             weights = {spec: None for spec in settings["specs"]}
             if settings["init"] == "pretrain":  # one pretraining per backbone, before the trainings
+                classification_data(settings["pretrain"], args.data_cache)
                 keys = {_backbone(spec): spec for spec in settings["specs"]}
                 done = dict(zip(keys, pool.map(pretrained, keys.values(), [settings["pretrain"]] * len(keys),
                                                [args.data_cache] * len(keys))))
