@@ -32,6 +32,7 @@ the final models and baselines to some seeds (the others run only the two search
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -215,7 +216,7 @@ def plot(runs: list[tuple[str, Path]], out: Path) -> None:
             frames[kind].append(_metrics(res, kind).assign(seed=label))
     finals, bases = (pd.concat(f, ignore_index=True) for f in frames.values())
     ours = finals["name"].str.startswith("front")
-    colours = iter(plt.get_cmap("tab10").colors[:3] + plt.get_cmap("tab10").colors[4:])  # red is ours
+    colours = itertools.cycle(plt.get_cmap("tab10").colors[:3] + plt.get_cmap("tab10").colors[4:])  # red is ours
     for df, marker, suffix in ((bases, "s", ""), (finals[~ours], "D", " (paper)")):
         for name, group in df.groupby("name", sort=True):
             ax.scatter(group["latency_ms"], group["map"], marker=marker, s=45, color=next(colours),

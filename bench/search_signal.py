@@ -241,14 +241,11 @@ def classification_data(pretrain: dict[str, Any], cache: Path) -> Path:
 def pretrained(spec_text: str, pretrain: dict[str, Any], cache: Path) -> Path:
     """The backbone weights of ``spec_text`` from the pretraining stage (the workflow's own jobs:
     ``make_classification`` then ``pretrain``), trained once per settings and backbone under ``cache``."""
-    from smnas.models.registry import backbone_key
-    from smnas.models.spec import parse_spec
     from smnas.workflow import jobs
 
-    spec = parse_spec(spec_text)
     manifest = classification_data(pretrain, cache)
     root = manifest.parent.parent
-    key = backbone_key(spec.backbone.name, spec.backbone.width, spec.norm)
+    key = _backbone(spec_text)
     weights = root / key / "weights.pt"
     if weights.exists():
         return weights

@@ -4,11 +4,12 @@ agreement with the final recipe, on the stage-one candidates of a bench/evidence
     .venv/bin/python bench/stage1_bn.py --run /tmp/evidence/seed0/results --out /tmp/stage1_bn
     .venv/bin/python bench/stage1_bn.py --run ... --out ... --summarize    # the table only
 
-The search's default stage one trains every candidate from scratch with GN+WS (5 epochs at batch
-1). The paper starts stage one from ImageNet weights. This bench trains the same candidates as the
-run's last stage-one population, switched to BN, from the backbones the run pretrained for its
-final models and its `agreement` target (``results/pretrained/``: the final recipe's
-initialisation), for 5 epochs at batch 4 and lr 0.02, one training per seed, through the
+Written when the search's stage one trained from scratch with GN+WS (5 epochs at batch 1); it
+measured the paper's start (ImageNet weights) that is now the default. This bench trains the same
+candidates as the run's last stage-one population, switched to BN, from the backbones the run
+pretrained for its final models and its `agreement` target (``results/pretrained/``: the final
+recipe's initialisation), for ``--epochs`` (5) at ``--batch-size`` (4) and ``--lr`` (0.02), one
+training per seed, through the
 workflow's own calls (``train_candidate``, ``evaluate_trained``). It prints each candidate's mAP per
 seed beside its GN+WS search-time mAP and its final-recipe mAP (``results/agreement/``), Kendall tau
 between seeds, and Kendall tau of each recipe against the final one. Needs a run with
