@@ -242,10 +242,10 @@ def init_weights(section, arch_path):
 
 
 def candidate_weights(wildcards):
-    """Stage one's candidates may start from pretrained backbones; stage two's train from scratch."""
-    if wildcards.stage != "stage1":
-        return []
-    return init_weights("stage1", f"results/stage1/candidates/{wildcards.hash}/arch.txt")
+    """A stage-one or stage-two candidate's backbone weights, as its section's ``init`` says."""
+    if wildcards.stage not in ("stage1", "stage2"):
+        return []  # SP-NAS candidates inherit theirs (candidate_init)
+    return init_weights(wildcards.stage, f"results/{wildcards.stage}/candidates/{wildcards.hash}/arch.txt")
 
 
 def model_weights(wildcards):

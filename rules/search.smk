@@ -69,7 +69,7 @@ rule train:
         arch="results/{stage}/candidates/{hash}/arch.txt",
         train_json=search_data()["train_json"],
         val_json=search_data()["val_json"],
-        weights=candidate_weights,  # stage1.init: pretrained backbone weights, or none
+        weights=candidate_weights,  # stage1/stage2 init: pretrained backbone weights, or none
         init=candidate_init,  # SP-NAS: the detector weights a child inherits (rules/spnas.smk)
     params:
         data=search_data(),

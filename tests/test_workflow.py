@@ -160,9 +160,16 @@ def test_final_and_transfer_metrics(full_run):
         assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
         trained = json.loads((res / "final" / name / "train.json").read_text())
         assert trained["train"]["schedule"] == "step" and trained["train"]["milestones"] == [1]
+    # stage one's candidates (named backbones) and stage two's (encodings, in GN+WS) start pretrained
     stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
-    keys = {backbone_key(s.backbone.name, s.backbone.width, s.norm) for s in map(parse_spec, stage1["arch"])}
-    assert all((res / "pretrained" / k / "weights.pt").exists() for k in keys)
+    stage2 = pd.concat(pd.read_parquet(p) for p in (res / "stage2").glob("C*/gen1/population.parquet"))
+    trained = stage2[stage2["status"] == "ok"]
+    assert len(trained) >= 2
+    for table, norm in ((stage1, None), (trained, "gnws")):
+        specs = list(map(parse_spec, table["arch"]))
+        assert norm is None or {s.norm for s in specs} == {norm}
+        keys = {backbone_key(s.backbone.name, s.backbone.width, s.norm) for s in specs}
+        assert all((res / "pretrained" / k / "weights.pt").exists() for k in keys)
     assert (res / "data" / "classification" / "dataset.json").exists()
 
 
