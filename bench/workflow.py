@@ -9,8 +9,9 @@
 
 main: wall time of `snakemake --cores 2 --configfile config/config.yaml` from nothing (target: at
 most 15 minutes on 2 cores) and the share of it spent outside training and evaluation (target:
-under 10%). Every training epoch, latency measurement and mAP evaluation records the Unix-time
-span in which it computed (train.json, latency.json, metrics.json); the headline share is the
+under 10%). Every training epoch (a backbone's pretraining too), latency measurement and mAP
+evaluation records the Unix-time span in which it computed (train.json, latency.json,
+metrics.json; results/pretrained/*/metrics.json for pretraining); the headline share is the
 part of the wall time covered by no such span: scheduling, process start-up, bookkeeping rules,
 data generation, plotting. A looser reading counts whole training, timing and evaluation jobs
 (their Python and torch start-up too; job times from the Snakemake log). Two stricter readings:
@@ -41,6 +42,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {"train.json": "training", "latency.json": "timing", "metrics.json": "evaluation"}
+PRETRAINED = "pretrained"  # results/pretrained/{key}/metrics.json: the spans of a pretraining's epochs
 
 
 def snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> float:
@@ -61,23 +63,28 @@ def union_seconds(spans: list[tuple[float, float]]) -> float:
 
 
 def collect_spans(workdir: Path) -> pd.DataFrame:
-    """One row per recorded span: model folder, kind (training, timing, evaluation), start, end."""
+    """One row per recorded span: model folder, kind (training, timing, evaluation, pretraining),
+    start, end."""
     rows = []
     for name, kind in KINDS.items():
         for f in (workdir / "results").glob(f"**/{name}"):
+            model = str(f.parent.relative_to(workdir / "results"))
+            kind_here = "pretraining" if model.startswith(PRETRAINED + "/") else kind
             for a, b in json.loads(f.read_text()).get("spans", []):
-                rows.append({"model": str(f.parent.relative_to(workdir / "results")), "kind": kind, "start": a, "end": b})
+                rows.append({"model": model, "kind": kind_here, "start": a, "end": b})
     return pd.DataFrame(rows, columns=["model", "kind", "start", "end"])
 
 
-HEAVY_RULES = re.compile(r"^(final_|transfer_)?(train|time|evaluate)$")
+HEAVY_RULES = re.compile(r"^((final_|transfer_)?(train|time|evaluate)|pretrain)$")
 
 
 def job_spans(workdir: Path) -> list[tuple[float, float]]:
-    """[start, end] of every training, timing and evaluation job, from the Snakemake log (1 s)."""
-    log = sorted((workdir / ".snakemake/log").glob("*.snakemake.log"))[-1].read_text().splitlines()
+    """[start, end] of every training, timing, evaluation and pretraining job, from the Snakemake
+    logs (1 s; all of them: a later `--report` writes a log without jobs)."""
+    lines = [line for log in sorted((workdir / ".snakemake/log").glob("*.snakemake.log"))
+             for line in log.read_text().splitlines()]
     stamp, started, rule, spans = None, {}, None, []
-    for line in log:
+    for line in lines:
         if m := re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$", line):
             stamp = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y").timestamp()
         elif m := re.match(r"(?:local)?(?:rule|checkpoint) (\w+):$", line):
@@ -98,7 +105,7 @@ def plot_timeline(spans: pd.DataFrame, t0: float, out: Path) -> None:
 
     order = spans.groupby("model")["start"].min().sort_values().index.tolist()
     fig, ax = plt.subplots(figsize=(10, 0.25 * len(order) + 1.5))
-    colours = {"training": "tab:blue", "timing": "tab:red", "evaluation": "tab:green"}
+    colours = {"training": "tab:blue", "timing": "tab:red", "evaluation": "tab:green", "pretraining": "tab:purple"}
     for kind, grp in spans.groupby("kind"):
         ax.barh([order.index(m) for m in grp["model"]], grp["end"] - grp["start"], left=grp["start"] - t0,
                 color=colours[kind], label=kind, height=0.8)
@@ -152,11 +159,11 @@ def analyse(workdir: Path) -> dict[str, float]:
         "main job wall time (s), 2 cores": wall,
         "models trained": float((spans["kind"] == "training").groupby(spans["model"]).any().sum()),
         "sum of benchmarked job times (s)": job_total,
-        **{f"inside {kind} spans (s)": float(seconds.get(kind, 0.0)) for kind in KINDS.values()},
-        "wall time covered by some training or evaluation (s)": covered,
-        "% of wall time outside training + evaluation": 100 * (1 - covered / wall),
-        "... counting whole train/time/evaluate jobs (start-up too)": 100 * (1 - union_seconds(job_spans(workdir)) / wall),
-        "% of job time outside training + evaluation": 100 * (1 - inside / job_total),
+        **{f"inside {kind} spans (s)": float(seconds.get(kind, 0.0)) for kind in (*KINDS.values(), "pretraining")},
+        "wall time covered by some (pre)training or evaluation (s)": covered,
+        "% of wall time outside (pre)training + evaluation": 100 * (1 - covered / wall),
+        "... counting whole train/time/evaluate/pretrain jobs (start-up too)": 100 * (1 - union_seconds(job_spans(workdir)) / wall),
+        "% of job time outside (pre)training + evaluation": 100 * (1 - inside / job_total),
         "% of 2 x wall (core capacity) outside them": 100 * (1 - inside / (2 * wall)),
     }
     print(f"fork server: {'on' if run.get('forkserver', True) else 'off'}")

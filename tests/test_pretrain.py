@@ -218,6 +218,7 @@ def test_pretrained_weights_are_the_backbones_state_dict(pretrained):
     assert (metrics["epochs"], len(metrics["history"]), metrics["train_images"], metrics["val_images"]) == (2, 2, 14, 7)
     assert metrics["classes"] == sorted(class_names()) and metrics["world_size"] == 1
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1
+    assert len(metrics["spans"]) == 2 and all(a < b for a, b in metrics["spans"])  # one per epoch, for bench/workflow.py
     assert json.loads((path.parent / "work" / "metrics.json").read_text()) == metrics
 
 

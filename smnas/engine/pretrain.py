@@ -231,7 +231,7 @@ def pretrain_backbone(
                    "train_images": len(train_set), "classes": train_set.classes, "epochs": result.epochs,
                    "seconds": result.seconds, "eval_seconds": time.perf_counter() - t0,
                    "world_size": result.world_size, "image_size": cfg.image_size,
-                   "history": result.history,
+                   "history": result.history, "spans": result.spans,  # Unix times, for bench/workflow.py
                    "train": {**asdict(cfg.optim), "milestones": list(cfg.optim.milestones)}}  # as JSON reads back
         with atomic_path(out_weights) as tmp:
             torch.save({k: v.detach().cpu() for k, v in classifier.backbone.state_dict().items()}, tmp)
