@@ -127,7 +127,7 @@ class StageTwoSpace:
 
     fpn_channels: tuple[int, ...] = (16, 32, 64)  # paper: 128, 256, 512
     bounds: EncodingBounds = field(default_factory=EncodingBounds.laptop)
-    norm: str = "gnws"  # stage two trains from scratch (no ImageNet weights for new backbones)
+    norm: str = "gnws"  # the paper trains stage two from scratch (no ImageNet weights for new backbones)
     structures: int = 6  # stage-one front structures to search inside (the paper's C0..C5)
 
     def __post_init__(self) -> None:
