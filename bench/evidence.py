@@ -96,23 +96,12 @@ def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
     timing every model once (``measure_latency``, batch 1, one thread, the first ``images`` val
     images) in a new random order, so that a slow spell of a noisy machine hits them all alike;
     the median over rounds per model. Written to ``retimed.csv`` beside ``results/``."""
-    import torch
-
     from smnas.engine.candidate import DataPaths, latency_images
     from smnas.engine.measure import measure_latency
-    from smnas.models.build import build_detector
-    from smnas.models.spec import parse_spec
-    from smnas.workflow.config import detector_options
+    from smnas.workflow.jobs import load_trained
 
-    models = {}
-    for kind in ("final", "baselines"):
-        for name in _metrics(res, kind)["name"]:
-            folder = res / kind / name
-            spec = parse_spec((folder / "arch.txt").read_text().strip())
-            opts = detector_options({"detector": detector}, json.loads((folder / "train.json").read_text())["num_classes"])
-            model = build_detector(spec, opts)
-            model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-            models[(kind, name)] = model.eval()
+    models = {(kind, name): load_trained(res / kind / name, detector)
+              for kind in ("final", "baselines") for name in _metrics(res, kind)["name"]}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), images)
     rng, keys, times = np.random.default_rng(0), list(models), {key: [] for key in models}
     for _ in range(rounds):

@@ -44,9 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from smnas.engine.candidate import DataPaths, latency_images  # noqa: E402
 from smnas.engine.measure import pinned_threads  # noqa: E402
-from smnas.models.build import build_detector  # noqa: E402
-from smnas.models.spec import parse_spec  # noqa: E402
-from smnas.workflow.config import detector_options  # noqa: E402
+from smnas.workflow.jobs import load_trained  # noqa: E402
 
 # (column, path of the submodule in the detector); a missing path is skipped.
 PARTS = [("backbone", "backbone.body"), ("neck", "backbone.neck"), ("rpn", "rpn"), ("roi", "roi_heads"),
@@ -71,10 +69,7 @@ def _hook(module: torch.nn.Module, column: str, record: dict[str, float]) -> Non
 
 def load(folder: Path, detector: dict) -> tuple[torch.nn.Module, dict[str, float]]:
     """The trained detector of ``folder`` with timing hooks; the dict they add seconds into."""
-    spec = parse_spec((folder / "arch.txt").read_text().strip())
-    num_classes = json.loads((folder / "train.json").read_text())["num_classes"]
-    model = build_detector(spec, detector_options({"detector": detector}, num_classes))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    model = load_trained(folder, detector)
     record: dict[str, float] = defaultdict(float)
     for column, path in PARTS:
         if (m := _submodule(model, path)) is not None:
@@ -84,7 +79,7 @@ def load(folder: Path, detector: dict) -> tuple[torch.nn.Module, dict[str, float
         if name in SUBPARTS:  # a ModuleList (a cascade's stages) has no forward: hook each stage
             for part in m if isinstance(m, torch.nn.ModuleList) else [m]:
                 _hook(part, SUBPARTS[name], record)
-    return model.eval(), record
+    return model, record
 
 
 def time_parts(models: dict[str, tuple[torch.nn.Module, dict[str, float]]], images: list[torch.Tensor],

@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -32,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from smnas.engine.candidate import DataPaths  # noqa: E402
 from smnas.errors import SmnasError  # noqa: E402
 from smnas.models.registry import backbone_key  # noqa: E402
 from smnas.models.spec import parse_spec  # noqa: E402
@@ -91,9 +93,7 @@ def main() -> None:
             p.error(f"spec {text!r}: {e}")
         if spec.norm != "bn":
             p.error(f"spec {text!r}: norm {spec.norm}; the final recipe trains in bn (end the spec with +bn)")
-    coco = args.run / "results" / "data" / "synthetic" / "coco"
-    data = {"train_json": str(coco / "annotations" / "instances_train.json"), "train_images": str(coco / "train"),
-            "val_json": str(coco / "annotations" / "instances_val.json"), "val_images": str(coco / "val")}
+    data = asdict(DataPaths.coco_layout(args.run / "results" / "data" / "synthetic" / "coco"))
     options = {"seed": cfg["seed"], "device": cfg["device"], "train": cfg["final"]["train"],
                "detector": cfg["detector"]}
     for text in args.specs:

@@ -251,6 +251,25 @@ def inherit(arch: str, parent: str, weights: str | list[str], train_json: str, i
         torch.save(model.state_dict(), tmp)
 
 
+def load_trained(folder: str | Path, detector: dict[str, Any], device: str = "cpu") -> Any:
+    """The trained detector in a model folder as the rules write it (``arch.txt``, ``train.json``,
+    ``model.pt``), built with a run's ``detector`` config block, in eval mode on ``device``. Not a
+    rule's job: for the benches that time or inspect a run's models afterwards."""
+    import json
+
+    import torch
+
+    from smnas.models.build import build_detector
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options
+
+    folder = Path(folder)
+    num_classes = json.loads((folder / "train.json").read_text())["num_classes"]
+    model = build_detector(parse_spec(_read_arch(folder / "arch.txt")), detector_options({"detector": detector}, num_classes))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    return model.to(device).eval()
+
+
 def time(arch: str, model: str, status: str, latency: str, data: dict[str, str], options: dict[str, Any],
          runs: int, num_images: int) -> None:
     """Batch-1 inference time of a trained model on the target device over the first
