@@ -158,11 +158,24 @@ def test_unreadable_image_names_the_file(tmp_path):
 @pytest.mark.parametrize("args, key", [(("resnet18", 0.25), "resnet18@0.25"), (("resnet50", 1.0), "resnet50"),
                                        (("resnet18", 0.2500000001), "resnet18@0.25"),
                                        (("basicblock_16_1-21-21-12", 1.0), "basicblock_16_1-21-21-12"),
-                                       (("resnet18", 0.25, "gnws"), "resnet18@0.25+gnws")])
+                                       (("resnet18", 0.25, "gnws"), "resnet18@0.25+gnws"),
+                                       (("mobilenetv2", 0.25), "mobilenetv2@0.25")])
 def test_backbone_key(args, key):
     assert backbone_key(*args) == key
     name, width, norm = parse_backbone_key(key)
     assert backbone_key(name, width, norm) == key and name == args[0]
+
+
+@pytest.mark.parametrize("args, key", [(("basicblock_16_11-21-21-21", 1.0), "resnet18@0.25"),  # stage two's start
+                                       (("resnet18", 0.3), "resnet18@0.25"),  # 0.3 x 64 rounds to 16 too
+                                       (("bottleneck_24_111-2111-211111-211", 1.0, "gnws"), "resnet50@0.375+gnws"),
+                                       (("basicblock_64_11-21-21-21_0-1-0-0", 1.0), "basicblock_64_11-21-21-21_0-1-0-0")])
+def test_one_architecture_has_one_backbone_key(args, key):
+    """A backbone built alike under two names is pretrained once: the key is the named form."""
+    assert backbone_key(*args) == key
+    name, width, norm = parse_backbone_key(key)
+    a, b = build_backbone(args[0], args[1]), build_backbone(name, width)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
 
 
 def test_parse_backbone_key_refuses_non_canonical_keys():

@@ -75,6 +75,11 @@ def backbone_key(name: str, width: float = 1.0, norm: str = "bn") -> str:
     """The identity of a pretrained backbone, for file names: two detectors with one backbone
     share one pretraining.
 
+    One architecture has one key, however it is named: an encoding that is a named backbone's
+    layout (stage two's start from ResNet-18, ``basicblock_16_11-21-21-21``) and every width that
+    builds the same channels (``resnet18@0.3``) map to that name at the width ``base / 64``
+    (``resnet18@0.25``), so the workflow pretrains it once.
+
     Args:
         name: a named backbone (``resnet18``) or an encoding (``basicblock_16_1-21-21-12``).
         width: channel multiplier of a named backbone (must be 1.0 for an encoding).
@@ -88,13 +93,30 @@ def backbone_key(name: str, width: float = 1.0, norm: str = "bn") -> str:
     if not width > 0:
         raise SpecError(f"{name}: width must be > 0, got {width}")
     if "_" in name:
-        name = str(parse_encoding(name))  # the canonical form, checked
         if width != 1.0:
             raise SpecError(f"{name}: an encoding sets its own channels; width applies to named backbones only")
+        enc = parse_encoding(name)  # checked
     elif name not in NAMED_BACKBONES:
         raise SpecError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} or an encoding")
-    width = float(f"{float(width):g}")  # BackboneSpec's canonical width
-    return (name if width == 1.0 else f"{name}@{width:g}") + ("" if norm == "bn" else f"+{norm}")
+    elif NAMED_BACKBONES[name].exact:
+        enc = named_encoding(name, width)
+    else:  # built otherwise than its layout (MobileNetV2): the name and width are the identity
+        width = float(f"{float(width):g}")  # BackboneSpec's canonical width
+        enc = None
+    if enc is not None:
+        name, width = _named_form(enc)
+    suffix = "" if norm == "bn" else f"+{norm}"
+    return (name if width == 1.0 else f"{name}@{width:g}") + suffix
+
+
+def _named_form(enc: Encoding) -> tuple[str, float]:
+    """``(name, width)`` of the named backbone whose layout ``enc`` is (at width ``base / 64``,
+    which rebuilds ``enc``'s base exactly), else ``(str(enc), 1.0)``."""
+    at_64 = str(replace(enc, base_channels=64))
+    for name, named in NAMED_BACKBONES.items():
+        if named.exact and str(parse_encoding(named.layout)) == at_64:
+            return name, enc.base_channels / 64
+    return str(enc), 1.0
 
 
 def parse_backbone_key(key: str) -> tuple[str, float, str]:
