@@ -9,8 +9,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from smnas.errors import SpecError
 from smnas.models.norm import (
+    FrozenStatsBatchNorm2d,
     WSConv2d,
     conv_layer,
+    freeze_bn_statistics,
     group_norm,
     norm_kind_of,
     norm_layer,
@@ -165,3 +167,33 @@ def test_norm_kind_of_detects_and_rejects_mixtures() -> None:
         norm_kind_of(nn.Sequential(nn.Conv2d(3, 4, 3), group_norm(4)))
     with pytest.raises(ValueError, match="no BatchNorm"):
         norm_kind_of(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+
+
+def test_freeze_bn_statistics_keeps_the_loaded_statistics_and_trains_the_affine_part() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    with torch.no_grad():  # statistics unlike a fresh BN's, as a pretrained backbone's are
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    expected = model.eval()(x)  # what the loaded statistics compute
+    assert freeze_bn_statistics(model) == 20  # every BN of ResNet-18
+    assert list(model.state_dict()) == list(before)  # same keys: checkpoints load either way
+    model.train()
+    assert all(m.training is False for m in model.modules() if isinstance(m, FrozenStatsBatchNorm2d))
+    assert model.fc.training  # only the BN layers stay in eval mode
+    out = model(x)
+    torch.testing.assert_close(out, expected)  # the running statistics, not the batch's
+    out.sum().backward()
+    assert model.bn1.weight.grad is not None and model.bn1.weight.grad.abs().sum() > 0
+    state = model.state_dict()
+    assert all(torch.equal(state[k], before[k]) for k in state if "running" in k or "num_batches" in k)
+
+
+def test_freeze_bn_statistics_leaves_other_norms_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), group_norm(4), FrozenBatchNorm2d(4))
+    assert freeze_bn_statistics(model) == 0
+    with pytest.raises(ValueError, match="inside a module"):
+        freeze_bn_statistics(nn.BatchNorm2d(4))

@@ -18,6 +18,7 @@ from smnas.engine.train import TrainConfig
 from smnas.errors import DataFormatError, SmnasError, SpecError
 from smnas.models.backbones import build_backbone, load_backbone_weights
 from smnas.models.build import DetectorOptions, build_detector
+from smnas.models.norm import FrozenStatsBatchNorm2d
 from smnas.models.registry import backbone_key, parse_backbone_key
 from smnas.models.spec import parse_spec
 
@@ -292,6 +293,19 @@ def test_a_bn_detector_starts_from_the_pretrained_tensors(pretrained):
     assert all(torch.equal(body[k], state[k]) for k in state)  # BN running statistics included
     assert not torch.equal(state["conv1.weight"], initial["conv1.weight"])  # trained, not a fresh init
     assert not torch.equal(state["bn1.running_mean"], initial["bn1.running_mean"])
+
+
+def test_a_pretrained_bn_backbone_keeps_its_statistics_in_training(pretrained):
+    path, _ = pretrained
+    frozen = build_detector(parse_spec(BN_SPEC), DetectorOptions(num_classes=6, backbone_weights=path)).train()
+    batch = build_detector(parse_spec(BN_SPEC), DetectorOptions(num_classes=6, backbone_weights=path,
+                                                                freeze_bn_stats=False)).train()
+    scratch = build_detector(parse_spec(BN_SPEC), DetectorOptions(num_classes=6)).train()
+    bns = [[m for m in model.backbone.body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+           for model in (frozen, batch, scratch)]
+    assert len(bns[0]) == 20 and all(isinstance(m, FrozenStatsBatchNorm2d) and not m.training for m in bns[0])
+    assert not any(isinstance(m, FrozenStatsBatchNorm2d) for m in bns[1] + bns[2])  # batch statistics
+    assert all(m.training for m in bns[1] + bns[2])
 
 
 def test_a_gnws_detector_refuses_bn_weights_naming_the_keys(pretrained):

@@ -29,7 +29,7 @@ from smnas.models.trunks import Level
 from smnas.models.cascade import cascade_roi_heads
 from smnas.models.ga_rpn import GuidedAnchorRPN
 from smnas.models.necks import BackboneWithNeck, FPNNeck, LastLevel
-from smnas.models.norm import group_norm, norm_layer
+from smnas.models.norm import freeze_bn_statistics, group_norm, norm_layer
 from smnas.models.spec import DetectorSpec, HeadSpec
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision's detectors use
@@ -48,6 +48,9 @@ class DetectorOptions:
     box_batch_size_per_image: int = 512
     detections_per_img: int = 100
     backbone_weights: str | Path | None = None  # a local ImageNet checkpoint, never downloaded
+    # A BN backbone that starts from backbone_weights keeps their BN statistics while the detector
+    # trains (mmdetection's norm_eval, as the SM-NAS authors; torchvision freezes them too)
+    freeze_bn_stats: bool = True
 
 
 def build_features(spec: DetectorSpec, weights: str | Path | None = None) -> BackboneWithNeck:
@@ -118,7 +121,8 @@ def build_detector(spec: DetectorSpec, opts: DetectorOptions) -> nn.Module:
 
     Args:
         spec: a valid DetectorSpec (checked here; SpecError names the offending part).
-        opts: class count, anchors, proposal counts, optional local backbone weights.
+        opts: class count, anchors, proposal counts, optional local backbone weights (a BN
+            backbone built from them keeps their BN statistics, ``opts.freeze_bn_stats``).
 
     Returns:
         An ``nn.Module``; ``model(images: list[FloatTensor[3, H, W]], targets)`` returns losses in
@@ -128,6 +132,8 @@ def build_detector(spec: DetectorSpec, opts: DetectorOptions) -> nn.Module:
     """
     spec.validate()
     features = build_features(spec, opts.backbone_weights)
+    if opts.backbone_weights is not None and opts.freeze_bn_stats and spec.norm == "bn":
+        freeze_bn_statistics(features.body)
     width, height = spec.input_size
     min_size, max_size = min(width, height), max(width, height)
     if spec.head.kind == "retina":

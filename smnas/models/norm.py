@@ -178,6 +178,49 @@ def _replace(module: nn.Module, rule: Callable[[nn.Module, str], nn.Module | Non
     return module
 
 
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that keeps the statistics it was loaded with: it normalises with its
+    running mean and variance in training too and never updates them, while its affine weight and
+    bias still learn (mmdetection's ``norm_eval=True``, the SM-NAS authors' setting for pretrained
+    backbones; torchvision's detectors go further and freeze the affine part as well, with
+    ``FrozenBatchNorm2d``). Same parameters and buffers, so the same state dict, as BatchNorm2d.
+
+    A detector fine-tuned at batch 4 on small images otherwise replaces its pretrained statistics
+    with noisy batch ones, which costs deep backbones most (docs/evidence.md section 2).
+    """
+
+    def train(self, mode: bool = True) -> "FrozenStatsBatchNorm2d":
+        return super().train(False)
+
+
+def freeze_bn_statistics(module: nn.Module) -> int:
+    """Replace every plain ``nn.BatchNorm2d`` in ``module`` by a :class:`FrozenStatsBatchNorm2d`
+    with the same weights and statistics, in place.
+
+    Args:
+        module: e.g. a pretrained backbone; its children are replaced.
+
+    Returns:
+        How many layers were replaced.
+    """
+    count = 0
+
+    def rule(child: nn.Module, path: str) -> nn.Module | None:
+        nonlocal count
+        if type(child) is not nn.BatchNorm2d:
+            return None
+        frozen = FrozenStatsBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats)
+        frozen.load_state_dict(child.state_dict())
+        count += 1
+        return frozen.to(device=child.running_mean.device)
+
+    if type(module) is nn.BatchNorm2d:
+        raise ValueError("freeze_bn_statistics replaces the BatchNorm layers inside a module, not the module itself")
+    _replace(module, rule, "")
+    return count
+
+
 def to_gnws(module: nn.Module) -> nn.Module:
     """Convert a module to GN+WS in place: Conv2d -> WSConv2d, BatchNorm -> GroupNorm.
 
