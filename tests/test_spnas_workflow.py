@@ -12,6 +12,7 @@ import torch
 from smnas.errors import SpecError
 from smnas.models.build import DetectorOptions, build_detector
 from smnas.models.encoding import check_encoding, parse_encoding
+from smnas.models.registry import backbone_key
 from smnas.models.spec import parse_spec, spec_hash
 from smnas.search.space import StageTwoSpace
 from smnas.search.spnas import parallel_stage_gmacs
@@ -48,7 +49,7 @@ def test_serial_generation_zero_starts_from_the_pretrained_start():
     start = str(start_spec(STRUCTURE, StageTwoSpace.from_dict(SPACE)))
     assert rows[0]["arch"] == start and rows[0]["parent"] == ""
     assert len(rows) == 3 and len({r["arch"] for r in rows}) == 3
-    weights = "results/pretrained/basicblock_8_11-21-21-21+gnws/weights.pt"
+    weights = "results/pretrained/resnet18@0.125+gnws/weights.pt"  # the start is ResNet-18's layout at base 8
     assert all(r["init"] == "pretrained" and r["weights"] == weights for r in rows)
     for r in rows[1:]:
         assert r["parent"] == start
@@ -117,8 +118,8 @@ def test_serial_children_inherit_the_parents_model_or_a_reignited_backbone(tmp_p
     reignited = serial_generation(2, settings(), 0, "spnas/C0/serial", STRUCTURE, path, "cands")
     assert reignited
     for r in reignited:
-        key = parse_spec(r["parent"]).backbone.name
-        assert r["init"] == "reignited" and r["weights"] == f"results/pretrained/{key}+gnws/weights.pt"
+        key = backbone_key(parse_spec(r["parent"]).backbone.name, 1.0, "gnws")
+        assert r["init"] == "reignited" and r["weights"] == f"results/pretrained/{key}/weights.pt"
         assert r["detector"] == f"cands/{spec_hash(r['parent'])}/model.pt"  # neck and heads
 
 

@@ -290,6 +290,7 @@ def test_spnas_serial_with_a_reignite_then_parallel_and_a_final_model_from_its_f
     import shutil
 
     from smnas.models.encoding import parse_encoding
+    from smnas.models.registry import backbone_key
     from smnas.models.spec import parse_spec, spec_hash
 
     work = tmp_path / "wf"
@@ -311,7 +312,7 @@ def test_spnas_serial_with_a_reignite_then_parallel_and_a_final_model_from_its_f
             if row.init == "inherited":  # the parent's trained detector
                 assert weights == Path("results/spnas/candidates") / spec_hash(row.parent) / "model.pt"
             else:  # a pretraining of the start network, or of the parent again (reignite)
-                key = parse_spec(row.parent or row.arch).backbone.name + "+gnws"
+                key = backbone_key(parse_spec(row.parent or row.arch).backbone.name, 1.0, "gnws")
                 assert weights == Path("results/pretrained") / key / "weights.pt"
                 if row.init == "reignited":  # neck and heads from the parent's trained detector
                     assert parent["detector"] == f"results/spnas/candidates/{spec_hash(row.parent)}/model.pt"
