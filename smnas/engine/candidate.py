@@ -117,9 +117,10 @@ def _load_init_state(model: torch.nn.Module, spec: DetectorSpec, path: str | Pat
     model.load_state_dict(state)
 
 
-def _load_model(spec: DetectorSpec, opts: DetectorOptions, workdir: Path, device: str) -> torch.nn.Module:
+def load_model(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """The trained ``spec`` of ``workdir/model.pt``, built with ``opts``, in eval mode on ``device``."""
     model = build_detector(spec, opts)
-    model.load_state_dict(torch.load(workdir / "model.pt", map_location=device, weights_only=True))
+    model.load_state_dict(torch.load(Path(workdir) / "model.pt", map_location=device, weights_only=True))
     return model.to(device).eval()
 
 
@@ -172,7 +173,7 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
     if _train_status(workdir)["status"] != "ok":
         out: dict[str, Any] = {"latency_ms": None, "device": ""}
     else:
-        model = _load_model(spec, opts, workdir, device)
+        model = load_model(spec, opts, workdir, device)
         images = latency_images(data, num_images)
         with DeviceLock(device).exclusive():  # no other smnas job computes on the device meanwhile
             start = time.time()
@@ -206,7 +207,7 @@ def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions,
         row.update({k: v for k, v in json.loads(latency.read_text()).items() if k in ("latency_ms", "device")})
     if trained["status"] == "ok":
         val_coco = load_coco(data.val_json, data.val_images)
-        dets = predict(_load_model(spec, opts, workdir, device), DetectionDataset(val_coco, data.val_images),
+        dets = predict(load_model(spec, opts, workdir, device), DetectionDataset(val_coco, data.val_images),
                        device=device, progress=progress, lock=lock)
         write_detections(dets, workdir / "detections.json")
         with lock.shared():

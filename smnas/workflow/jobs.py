@@ -257,17 +257,14 @@ def load_trained(folder: str | Path, detector: dict[str, Any], device: str = "cp
     rule's job: for the benches that time or inspect a run's models afterwards."""
     import json
 
-    import torch
-
-    from smnas.models.build import build_detector
+    from smnas.engine.candidate import load_model
     from smnas.models.spec import parse_spec
     from smnas.workflow.config import detector_options
 
     folder = Path(folder)
     num_classes = json.loads((folder / "train.json").read_text())["num_classes"]
-    model = build_detector(parse_spec(_read_arch(folder / "arch.txt")), detector_options({"detector": detector}, num_classes))
-    model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
-    return model.to(device).eval()
+    opts = detector_options({"detector": detector}, num_classes)
+    return load_model(parse_spec(_read_arch(folder / "arch.txt")), opts, folder, device)
 
 
 def time(arch: str, model: str, status: str, latency: str, data: dict[str, str], options: dict[str, Any],
