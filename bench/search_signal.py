@@ -32,6 +32,12 @@ trained on and ignored by COCO evaluation, the objects stay in the pixels).
 
 Outputs in ``--out``: ``settings.json``, ``runs.csv`` (one row per candidate and seed),
 ``summary.csv`` (one row per candidate), ``summary.json`` (everything, with the taus).
+
+Is the seed noise training or measurement? ``--keep-models --val-noise 1024`` evaluates every
+kept model again on 1024 fresh val images (the same scenes, the next data seed) and prints, per
+candidate, the seed sd on them beside the seed sd on the run's own val split, and the sd of one
+model's mAP over disjoint chunks of the run's val size (what the choice of val images alone
+moves); ``valnoise.json`` holds the figures. A larger val split helps only if the seed sd falls.
 """
 from __future__ import annotations
 
@@ -111,6 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--jobs", type=int, default=1, help="trainings at once, each in its own process (default 1)")
     g.add_argument("--latency", action="store_true", help="also time each candidate (the workflow's time job)")
     g.add_argument("--keep-models", action="store_true", help="keep model.pt and checkpoints")
+    g.add_argument("--val-noise", type=int, default=0, metavar="N",
+                   help="evaluate the kept models on N fresh val images too (needs --keep-models)")
     return p.parse_args(argv)
 
 
@@ -413,8 +421,62 @@ def write_outputs(out: Path, settings: dict[str, Any], rows: list[dict[str, Any]
     (out / "summary.json").write_text(json.dumps({"settings": settings, **summary}, indent=2) + "\n")
 
 
+def val_noise(settings: dict[str, Any], out: Path, n: int, cache: Path) -> dict[str, Any]:
+    """Every kept model of ``out`` evaluated on ``n`` fresh val images (data seed + 1): per run
+    the mAP on all of them and on disjoint chunks of the run's val size; written (and resumed)
+    as ``valnoise.json``."""
+    from smnas.data.coco import load_coco
+    from smnas.data.dataset import DetectionDataset
+    from smnas.engine.candidate import DataPaths, load_model
+    from smnas.engine.inference import predict
+    from smnas.evaluation import coco_evaluate
+    from smnas.models.build import DetectorOptions
+    from smnas.models.spec import parse_spec
+
+    data = dict(settings["data"], seed=settings["data"]["seed"] + 1, num_train=8, num_val=n)
+    paths = DataPaths.coco_layout(dataset(data, cache))
+    val = load_coco(paths.val_json, paths.val_images)
+    ids, size = [im["id"] for im in val["images"]], settings["data"]["num_val"]
+    chunks = [set(ids[i:i + size]) for i in range(0, len(ids) - size + 1, size)]
+    path = out / "valnoise.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if done.get("n") != n:
+        done = {"n": n, "chunk": size, "runs": {}}
+    opts = DetectorOptions(num_classes=len(val["categories"]), **settings["detector"])
+    for i, spec in enumerate(settings["specs"]):
+        for seed in settings["seeds"]:
+            name, workdir = f"c{i}_s{seed}", out / "runs" / f"c{i}_s{seed}"
+            if name in done["runs"] or not (workdir / "model.pt").exists():
+                continue
+            dets = predict(load_model(parse_spec(spec), opts, workdir), DetectionDataset(val, paths.val_images),
+                           progress=False)
+            per = []
+            for chunk in chunks:
+                gt = dict(val, images=[im for im in val["images"] if im["id"] in chunk],
+                          annotations=[a for a in val["annotations"] if a["image_id"] in chunk])
+                per.append(coco_evaluate(gt, [d for d in dets if d["image_id"] in chunk])["AP"])
+            done["runs"][name] = {"arch": spec, "seed": seed, "map": coco_evaluate(val, dets)["AP"], "chunks": per}
+            log.info("%s on %d fresh val images: map %.4f, chunk sd %.4f", name, n, done["runs"][name]["map"],
+                     _sd(per))
+            path.write_text(json.dumps(done, indent=1) + "\n")
+    return done
+
+
+def print_val_noise(settings: dict[str, Any], summary: dict[str, Any], noise: dict[str, Any], file=sys.stdout) -> None:
+    runs = noise["runs"]
+    print(f"\nmeasurement noise: {noise['n']} fresh val images, chunks of {noise['chunk']}", file=file)
+    print(f"{'candidate':<62}{'seed sd (own val)':>18}{'seed sd (fresh)':>16}{'chunk sd':>10}", file=file)
+    for i, cand in enumerate(summary["candidates"]):
+        rs = [runs[f"c{i}_s{s}"] for s in settings["seeds"] if f"c{i}_s{s}" in runs]
+        if rs:
+            print(f"{cand['arch']:<62}{cand['map_sd']:>18.4f}{_sd([r['map'] for r in rs]):>16.4f}"
+                  f"{_mean([_sd(r['chunks']) for r in rs]):>10.4f}", file=file)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.val_noise and not args.keep_models:
+        raise SystemExit("--val-noise N evaluates the kept models again: add --keep-models")
     settings = open_run(args, settings_from)
     rows = []
     if not args.summarize:
@@ -442,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(settings, rows)
     write_outputs(args.out, settings, rows, summary)
     print_table(settings, summary)
+    if args.val_noise:
+        print_val_noise(settings, summary, val_noise(settings, args.out, args.val_noise, args.data_cache))
     return 0
 
 
