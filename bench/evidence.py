@@ -58,9 +58,10 @@ def overlay(seed: int, stage1_generations: int, stage2_generations: int, from_fr
 
 
 def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bool, base: Path,
-             finals: bool = True) -> None:
+             finals: bool = True, rerun_triggers: list[str] | None = None) -> None:
     """One workflow run: the search and random search, final models and baselines (when
-    ``finals``), and agreement."""
+    ``finals``), and agreement. ``rerun_triggers`` is passed to snakemake (``["mtime"]``: resume a
+    copied run without retraining what later commits' code changes would trigger)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "base.yaml").write_text(base.read_text())
     path = workdir / "evidence.yaml"
@@ -69,6 +70,8 @@ def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bo
                + (["agreement"] if agreement else []))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", str(cores),
            "--directory", str(workdir), *targets, "--configfile", str(workdir / "base.yaml"), str(path)]
+    if rerun_triggers:
+        cmd += ["--rerun-triggers", *rerun_triggers]
     with open(workdir / "snakemake.log", "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -290,6 +293,9 @@ def main() -> None:
     p.add_argument("--from-front", type=int, default=3, help="final models along the front (main job: 1)")
     p.add_argument("--agreement-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also retrain every stage-one candidate with the final recipe (default: 0)")
+    p.add_argument("--rerun-triggers", nargs="+", default=None, metavar="TRIGGER",
+                   help="passed to snakemake: `mtime` resumes a copied or older run folder without retraining "
+                        "the jobs whose code changed since (default: snakemake's, every trigger)")
     p.add_argument("--final-seeds", type=int, nargs="*", default=None,
                    help="seeds that also train the final models and the baselines (default: every seed); "
                         "the others run only the two searches, for the hypervolume comparison")
@@ -302,7 +308,8 @@ def main() -> None:
         print(f"seed {seed}: running the workflow in {root / f'seed{seed}'} ...", flush=True)
         settings = overlay(seed, args.stage1_generations, args.stage2_generations, args.from_front)
         finals = args.final_seeds is None or seed in args.final_seeds
-        run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config, finals)
+        run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config, finals,
+                 args.rerun_triggers)
     analyse(root, args.retime)
 
 

@@ -24,6 +24,10 @@ smaller neck. It bounds how much faster any model with the same kind of head can
 whose backbone and neck cost nothing would still take ``fixed``). The hooks themselves cost a few
 microseconds each; ``total`` is measured with them in place, as are the parts. ``bench/evidence.py``
 re-times without hooks.
+
+``--test-proposals 64 32 16`` (before the other options or ``--``) times every model once per count (``MODEL@N``), each built with N RPN
+proposals per image at test time (pre-NMS candidates scaled alike) and scored again on the val
+split, since the count moves mAP too. The counts are inference settings: nothing is retrained.
 """
 from __future__ import annotations
 
@@ -82,6 +86,26 @@ def load(folder: Path, detector: dict) -> tuple[torch.nn.Module, dict[str, float
     return model, record
 
 
+def with_test_proposals(detector: dict, n: int) -> dict:
+    """The ``detector`` block with ``n`` RPN proposals per image at test time (the builder halves
+    the training counts for test), its pre-NMS candidates per level scaled alike."""
+    post = int(detector.get("rpn_post_nms_top_n", 1000))
+    pre = int(detector.get("rpn_pre_nms_top_n", 2000))
+    return {**detector, "rpn_post_nms_top_n": 2 * n, "rpn_pre_nms_top_n": max(1, round(pre * 2 * n / post))}
+
+
+def val_map(model: torch.nn.Module, data: Path) -> float:
+    """COCO mAP of ``model`` on the val split of the COCO-layout folder ``data``."""
+    from smnas.data.coco import load_coco
+    from smnas.data.dataset import DetectionDataset
+    from smnas.engine.inference import predict
+    from smnas.evaluation import coco_evaluate
+
+    paths = DataPaths.coco_layout(data)
+    val = load_coco(paths.val_json, paths.val_images)
+    return coco_evaluate(val, predict(model, DetectionDataset(val, paths.val_images), progress=False))["AP"]
+
+
 def time_parts(models: dict[str, tuple[torch.nn.Module, dict[str, float]]], images: list[torch.Tensor],
                rounds: int, seed: int = 0) -> pd.DataFrame:
     """Median per-image milliseconds of each part (and the total) over ``rounds`` x images."""
@@ -122,6 +146,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--csv", type=Path, help="also write the table here")
+    p.add_argument("--test-proposals", type=int, nargs="+", default=None, metavar="N",
+                   help="each model with N RPN proposals per image at test time, for each N (default: the "
+                        "config's, half its rpn_post_nms_top_n); the mAP is measured again")
     args = p.parse_args()
     detector = yaml.safe_load(args.config.read_text())["detector"]
     data = args.data
@@ -135,11 +162,15 @@ def main() -> None:
         for need in ("arch.txt", "train.json", "model.pt"):
             if not (folder / need).exists():
                 p.error(f"{folder}: no {need} (a trained model's folder is expected)")
-        name = f"{folder.parent.name}/{folder.name}"
-        models[name] = load(folder, detector)
-        metrics = folder / "metrics.json"
-        labels[name] = (json.loads(metrics.read_text()).get("map") if metrics.exists() else None,
-                        (folder / "arch.txt").read_text().strip())
+        arch = (folder / "arch.txt").read_text().strip()
+        for n in args.test_proposals or [None]:
+            name = f"{folder.parent.name}/{folder.name}" + (f"@{n}" if n else "")
+            models[name] = load(folder, detector if n is None else with_test_proposals(detector, n))
+            metrics = folder / "metrics.json"
+            if n is not None:
+                labels[name] = (val_map(models[name][0], data), arch)
+            else:
+                labels[name] = (json.loads(metrics.read_text()).get("map") if metrics.exists() else None, arch)
     images = latency_images(DataPaths.coco_layout(data), args.images)
     table = time_parts(models, images, args.rounds)
     table.insert(1, "mAP", [labels[n][0] for n in table["model"]])
@@ -149,7 +180,8 @@ def main() -> None:
     cols = [c for c in cols if c in table.columns]
     print(f"per-image median ms, batch 1, one thread, {args.rounds} rounds x {len(images)} images, "
           f"{torch.get_num_threads()} threads available")
-    print(table[cols].fillna(0.0).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    shown = table[cols].fillna(0.0).assign(mAP=[f"{m:.4f}" if m is not None and m == m else "" for m in table["mAP"]])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for name, (_, arch) in labels.items():
         print(f"  {name}: {arch}")
     if args.csv:
