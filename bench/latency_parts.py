@@ -25,9 +25,10 @@ whose backbone and neck cost nothing would still take ``fixed``). The hooks them
 microseconds each; ``total`` is measured with them in place, as are the parts. ``bench/evidence.py``
 re-times without hooks.
 
-``--test-proposals 64 32 16`` (before the other options or ``--``) times every model once per count (``MODEL@N``), each built with N RPN
-proposals per image at test time (pre-NMS candidates scaled alike) and scored again on the val
-split, since the count moves mAP too. The counts are inference settings: nothing is retrained.
+``--test-proposals 64 32 16`` (before the other options or ``--``) times every model once per
+count (``MODEL@N``), each built with N RPN proposals per image at test time (pre-NMS candidates
+scaled alike) and scored again on the val split, since the count moves mAP too. The counts are
+inference settings: nothing is retrained.
 """
 from __future__ import annotations
 
@@ -89,13 +90,15 @@ def load(folder: Path, detector: dict) -> tuple[torch.nn.Module, dict[str, float
 def with_test_proposals(detector: dict, n: int) -> dict:
     """The ``detector`` block with ``n`` RPN proposals per image at test time (the builder halves
     the training counts for test), its pre-NMS candidates per level scaled alike."""
-    post = int(detector.get("rpn_post_nms_top_n", 1000))
-    pre = int(detector.get("rpn_pre_nms_top_n", 2000))
+    from smnas.models.build import DetectorOptions
+
+    post = int(detector.get("rpn_post_nms_top_n", DetectorOptions.rpn_post_nms_top_n))
+    pre = int(detector.get("rpn_pre_nms_top_n", DetectorOptions.rpn_pre_nms_top_n))
     return {**detector, "rpn_post_nms_top_n": 2 * n, "rpn_pre_nms_top_n": max(1, round(pre * 2 * n / post))}
 
 
-def val_map(model: torch.nn.Module, data: Path) -> float:
-    """COCO mAP of ``model`` on the val split of the COCO-layout folder ``data``."""
+def val_scorer(data: Path):
+    """``score(model)``: COCO mAP on the val split of the COCO-layout folder ``data`` (read once)."""
     from smnas.data.coco import load_coco
     from smnas.data.dataset import DetectionDataset
     from smnas.engine.inference import predict
@@ -103,7 +106,8 @@ def val_map(model: torch.nn.Module, data: Path) -> float:
 
     paths = DataPaths.coco_layout(data)
     val = load_coco(paths.val_json, paths.val_images)
-    return coco_evaluate(val, predict(model, DetectionDataset(val, paths.val_images), progress=False))["AP"]
+    dataset = DetectionDataset(val, paths.val_images)
+    return lambda model: coco_evaluate(val, predict(model, dataset, progress=False))["AP"]
 
 
 def time_parts(models: dict[str, tuple[torch.nn.Module, dict[str, float]]], images: list[torch.Tensor],
@@ -158,6 +162,7 @@ def main() -> None:
             p.error(f"{args.models[0]} is not under a results/ folder: give --data")
         data = results / "data" / "synthetic" / "coco"
     models, labels = {}, {}
+    score = val_scorer(data) if args.test_proposals else None
     for folder in args.models:
         for need in ("arch.txt", "train.json", "model.pt"):
             if not (folder / need).exists():
@@ -166,10 +171,10 @@ def main() -> None:
         for n in args.test_proposals or [None]:
             name = f"{folder.parent.name}/{folder.name}" + (f"@{n}" if n else "")
             models[name] = load(folder, detector if n is None else with_test_proposals(detector, n))
-            metrics = folder / "metrics.json"
             if n is not None:
-                labels[name] = (val_map(models[name][0], data), arch)
+                labels[name] = (score(models[name][0]), arch)
             else:
+                metrics = folder / "metrics.json"
                 labels[name] = (json.loads(metrics.read_text()).get("map") if metrics.exists() else None, arch)
     images = latency_images(DataPaths.coco_layout(data), args.images)
     table = time_parts(models, images, args.rounds)
