@@ -61,20 +61,43 @@ def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bo
              finals: bool = True, rerun_triggers: list[str] | None = None) -> None:
     """One workflow run: the search and random search, final models and baselines (when
     ``finals``), and agreement. ``rerun_triggers`` is passed to snakemake (``["mtime"]``: resume a
-    copied run without retraining what later commits' code changes would trigger)."""
+    copied run without retraining what later commits' code changes would trigger).
+
+    The searches run first; the final models then take ``settings["final"]["from_front"]`` picks,
+    or the whole stage-two front when it has fewer models (the workflow would stop with an error)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "base.yaml").write_text(base.read_text())
     path = workdir / "evidence.yaml"
     path.write_text(yaml.safe_dump(settings))
-    targets = (["stage1", "stage2", "random_search"] + (["final", "baselines"] if finals else [])
-               + (["agreement"] if agreement else []))
+    _snakemake(workdir, cores, ["stage1", "stage2", "random_search"] + (["agreement"] if agreement else []),
+               rerun_triggers)
+    if finals:
+        asked = settings["final"]["from_front"]
+        picks = min(asked, front_size(workdir / "results"))
+        if picks < asked:
+            print(f"{workdir.name}: the stage-two front has {picks} models: {picks} final picks ({asked} asked)",
+                  flush=True)
+            path.write_text(yaml.safe_dump({**settings, "final": {**settings["final"], "from_front": picks}}))
+        _snakemake(workdir, cores, ["final", "baselines"], rerun_triggers)
+
+
+def _snakemake(workdir: Path, cores: int, targets: list[str], rerun_triggers: list[str] | None) -> None:
+    """snakemake ``targets`` in ``workdir`` with its base.yaml and evidence.yaml; appends to snakemake.log."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", str(cores),
-           "--directory", str(workdir), *targets, "--configfile", str(workdir / "base.yaml"), str(path)]
+           "--directory", str(workdir), *targets, "--configfile", str(workdir / "base.yaml"),
+           str(workdir / "evidence.yaml")]
     if rerun_triggers:
         cmd += ["--rerun-triggers", *rerun_triggers]
-    with open(workdir / "snakemake.log", "w") as log:
+    with open(workdir / "snakemake.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def front_size(res: Path) -> int:
+    """Distinct evaluated models on the stage-two front (``results/stage2/front.parquet``)."""
+    front = pd.read_parquet(res / "stage2" / "front.parquet")
+    ok = np.isfinite(front["map"].to_numpy(float))
+    return int(front.loc[ok, "arch"].nunique())
 
 
 def _metrics(res: Path, kind: str) -> pd.DataFrame:
