@@ -254,7 +254,7 @@ def plot(runs: list[tuple[str, Path]], out: Path) -> None:
 
 
 def analyse(root: Path, retime_rounds: int = 0) -> None:
-    seeds = sorted(root.glob("seed*"), key=lambda p: int(p.name[4:]))
+    seeds = sorted((p for p in root.glob("seed*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
     base = seeds[0] / "base.yaml" if seeds and (seeds[0] / "base.yaml").exists() else REPO / "config/config.yaml"
     cfg = yaml.safe_load(base.read_text())
     for seed_dir in seeds if retime_rounds else ():
