@@ -6,7 +6,7 @@
 
 For each seed, one workflow run (config/config.yaml with that seed, a longer search than the
 main job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along
-the front) builds, side by side on one machine: the evolutionary search and its final models, the
+the front, at most as many as it holds) builds, side by side on one machine: the evolutionary search and its final models, the
 random-search baseline at the same budget (`random_search`: generation 0 shared, stage two in the
 evolution's groups, so each stage is a paired comparison), the baselines Faster R-CNN R18/R50-FPN,
 RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe and timed on the same
@@ -240,9 +240,17 @@ def plot(runs: list[tuple[str, Path]], out: Path) -> None:
     if not searched.empty:
         ax.scatter(searched["latency_ms"], searched["map"], marker="*", s=110, color="tab:red",
                    label="searched by this run", zorder=3)
-        for _, r in searched.iterrows():
+        placed: list[tuple[float, float]] = []  # labelled points, in axes fractions
+        points = pd.concat([finals, bases], ignore_index=True)
+        x0, x1 = points["latency_ms"].min(), points["latency_ms"].max()
+        y0, y1 = points["map"].min(), points["map"].max()
+        for _, r in searched.sort_values(["latency_ms", "map"]).iterrows():
             text = r["name"] + (f"/{r['seed']}" if len(runs) > 1 else "")
-            ax.annotate(text, (r["latency_ms"], r["map"]), fontsize=7, xytext=(5, -3), textcoords="offset points")
+            xy = ((r["latency_ms"] - x0) / max(x1 - x0, 1e-9), (r["map"] - y0) / max(y1 - y0, 1e-9))
+            near = sum(abs(xy[0] - u) < 0.06 and abs(xy[1] - v) < 0.04 for u, v in placed)  # stack such labels
+            placed.append(xy)
+            ax.annotate(text, (r["latency_ms"], r["map"]), fontsize=7, xytext=(5, -3 - 8 * near),
+                        textcoords="offset points")
     ax.set_xlabel("inference time (ms, batch 1, this CPU)")
     ax.set_ylabel("COCO mAP (built-in val)")
     ax.set_title("searched vs hand-designed detectors, final recipe" + (f", {len(runs)} seeds" if len(runs) > 1 else ""))
