@@ -320,7 +320,9 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml",
                    help="the base configuration (default: the main job's)")
     p.add_argument("--stage1-generations", type=int, default=6, help="stage one's generations (main job: 2)")
-    p.add_argument("--stage2-generations", type=int, default=4, help="per stage-two group (main job: 2; 2 left the final models at generation 0's seeds, docs/evidence.md section 3)")
+    p.add_argument("--stage2-generations", type=int, default=4,
+                   help="per stage-two group (main job: 2; with 2, the final models were mostly generation 0's seeds, "
+                        "docs/evidence.md section 3)")
     p.add_argument("--from-front", type=int, default=3, help="final models along the front (main job: 1)")
     p.add_argument("--agreement-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also retrain every stage-one candidate with the final recipe (default: 0)")
