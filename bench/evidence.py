@@ -4,14 +4,14 @@
     .venv/bin/python bench/evidence.py --seeds 0 --out runs/evidence
     .venv/bin/python bench/evidence.py --analyse runs/evidence   # only the tables of an earlier run
 
-For each seed, one workflow run (config/config.yaml with that seed, a longer search than the
-main job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along
-the front, at most as many as it holds) builds, side by side on one machine: the evolutionary search and its final models, the
-random-search baseline at the same budget (`random_search`: generation 0 shared, stage two in the
-evolution's groups, so each stage is a paired comparison), the baselines Faster R-CNN R18/R50-FPN,
-RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe and timed on the same
-device (`baselines`), and, for `--agreement-seeds`, every stage-one candidate retrained with the
-final recipe (`agreement`). The transfer targets are not run.
+For each seed, one workflow run (config/config.yaml with that seed, a longer search than the main
+job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along the
+front, at most as many as it holds) builds, side by side on one machine: the evolutionary search
+and its final models, the random-search baseline at the same budget (`random_search`: generation 0
+shared, stage two in the evolution's groups, so each stage is a paired comparison), the baselines
+Faster R-CNN R18/R50-FPN, RetinaNet R50-FPN and Cascade R-CNN R50-FPN trained with the final recipe
+and timed on the same device (`baselines`), and, for `--agreement-seeds`, every stage-one candidate
+retrained with the final recipe (`agreement`). The transfer targets are not run.
 Then it prints:
 
 1. for each baseline, the fastest of this run's searched final models (front0, front1, ...) at
@@ -73,7 +73,8 @@ def run_seed(workdir: Path, seed: int, cores: int, settings: dict, agreement: bo
                rerun_triggers)
     if finals:
         asked = settings["final"]["from_front"]
-        picks = min(asked, front_size(workdir / "results"))
+        cost = yaml.safe_load(base.read_text())["stage2"]["cost"]
+        picks = min(asked, front_size(workdir / "results", cost))
         if picks < asked:
             print(f"{workdir.name}: the stage-two front has {picks} models: {picks} final picks ({asked} asked)",
                   flush=True)
@@ -93,11 +94,11 @@ def _snakemake(workdir: Path, cores: int, targets: list[str], rerun_triggers: li
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def front_size(res: Path) -> int:
-    """Distinct evaluated models on the stage-two front (``results/stage2/front.parquet``)."""
-    front = pd.read_parquet(res / "stage2" / "front.parquet")
-    ok = np.isfinite(front["map"].to_numpy(float))
-    return int(front.loc[ok, "arch"].nunique())
+def front_size(res: Path, cost: str) -> int:
+    """How many models the final target can pick from the stage-two front (``results/stage2/front.parquet``)."""
+    from smnas.workflow.finals import evaluated_front
+
+    return len(evaluated_front(pd.read_parquet(res / "stage2" / "front.parquet"), cost))
 
 
 def _metrics(res: Path, kind: str) -> pd.DataFrame:

@@ -14,6 +14,16 @@ from smnas.errors import SmnasError
 from smnas.models.spec import DetectorSpec, parse_spec
 
 
+def evaluated_front(front: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """The front's distinct evaluated models (finite map and ``cost``), dearest first: what
+    :func:`front_picks` picks from."""
+    for col in ("arch", "map", cost):
+        if col not in front:
+            raise SmnasError(f"front table has no column {col!r} (columns: {list(front.columns)})")
+    ok = front[np.isfinite(front["map"].to_numpy(float)) & np.isfinite(front[cost].to_numpy(float))]
+    return ok.drop_duplicates("arch").sort_values([cost, "map", "arch"], ascending=[False, False, True])
+
+
 def front_picks(front: pd.DataFrame, k: int, cost: str) -> list[str]:
     """``k`` archs spread along a front, most accurate first, cheapest last.
 
@@ -26,11 +36,7 @@ def front_picks(front: pd.DataFrame, k: int, cost: str) -> list[str]:
         Distinct archs: with the front sorted by cost, the picks sit at evenly spaced positions
         from its dearest (the most accurate on a front) to its cheapest member.
     """
-    for col in ("arch", "map", cost):
-        if col not in front:
-            raise SmnasError(f"front table has no column {col!r} (columns: {list(front.columns)})")
-    ok = front[np.isfinite(front["map"].to_numpy(float)) & np.isfinite(front[cost].to_numpy(float))]
-    ok = ok.drop_duplicates("arch").sort_values([cost, "map", "arch"], ascending=[False, False, True])
+    ok = evaluated_front(front, cost)
     if k > len(ok):
         raise SmnasError(f"final models: {k} picks asked from a front of {len(ok)} evaluated models")
     idx = np.floor(np.linspace(0, len(ok) - 1, k) + 0.5).astype(int) if k > 1 else np.zeros(1, dtype=int)
