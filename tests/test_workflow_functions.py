@@ -96,7 +96,11 @@ def test_config_errors_are_one_line_naming_key_place_and_choices():
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert str(err.value) == ("config stage1: unknown key 'populaton'; "
-                              "allowed: cost, generations, init, population, space, train")
+                              "allowed: cost, generations, init, population, screen, space, train")
+    cfg = copy.deepcopy(TINY)
+    cfg["stage1"]["screen"] = 0
+    with pytest.raises(ConfigError, match=r"^config stage1.screen: 0 is not valid: 0 is less than the minimum of 1$"):
+        check_config(cfg)
     cfg = copy.deepcopy(TINY)
     cfg["stage1"]["generations"] = 0
     with pytest.raises(ConfigError, match=r"^config stage1.generations: 0 is not valid: 0 is less than the minimum of 1$"):

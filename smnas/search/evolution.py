@@ -9,7 +9,10 @@ each try mutates one, and a child whose architecture was already evaluated, pend
 thrown away and the next parent tried. With a cost function (stage two), Partial Order Pruning
 (:mod:`smnas.search.pruning`) judges every new child against the evaluated population; a pruned
 child is returned with status "pruned" and its reason, and another child is made in its place.
-The result is a function of (population, stage, generation, n, seed, evaluated) alone.
+With ``screen`` > 1, ``screen`` unseen children are made per place and a predictor fitted on the
+evaluated population keeps the ``n`` predicted to add most to the front
+(:mod:`smnas.search.predictor`); the others are dropped, not recorded (never trained, they may
+come again). The result is a function of (population, stage, generation, n, seed, evaluated) alone.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import pandas as pd
 from smnas.errors import SmnasError, SpecError
 from smnas.models.spec import DetectorSpec, parse_spec
 from smnas.search.mutation import mutate_stage1, mutate_stage2
+from smnas.search.predictor import screen_children
 from smnas.search.pruning import PartialOrderPruner
 from smnas.search.seeding import seed_spec
 from smnas.search.space import StageOneSpace, StageTwoSpace
@@ -108,6 +112,8 @@ def next_generation(
     cost: Cost | None = None,
     acc: str = "map",
     max_tries: int | None = None,
+    screen: int = 1,
+    screen_cost: str = "latency_ms",
 ) -> list[dict[str, Any]]:
     """Make generation ``generation`` (>= 1) by mutating the front of ``population``.
 
@@ -124,7 +130,10 @@ def next_generation(
         cost: the cost before training (stage two: backbone GMACs); enables Partial Order
             Pruning against the population's "ok" rows, whose costs it also computes.
         acc: the accuracy column.
-        max_tries: mutation attempts before giving up (default 50 per child).
+        max_tries: mutation attempts before giving up (default 50 per child made).
+        screen: children made per child kept (1: no screen); the predictor judges them by
+            ``acc`` and the population's ``screen_cost`` column.
+        screen_cost: the cost column the screen predicts (stage one: latency_ms).
 
     Returns:
         Rows with keys arch, stage, generation, parent, status ("pending"/"pruned"), reason,
@@ -135,7 +144,10 @@ def next_generation(
     taken = set(evaluated) | set(population["arch"])
     pruner = _pruner(population, cost, acc) if cost is not None else None
     rng = generation_rng(seed, stage, generation)
-    tries = max_tries if max_tries is not None else 50 * max(n, 1)
+    if screen < 1:
+        raise SmnasError(f"screen must be >= 1 (children made per child kept), got {screen}")
+    made = n * screen
+    tries = max_tries if max_tries is not None else 50 * max(made, 1)
     rows, pending = [], 0
     for parent, child in _children(parents, rng, mutate, taken, tries) if n > 0 else ():
         row = _row(child, str(parent), stage, generation)
@@ -146,13 +158,28 @@ def next_generation(
                 row.update(status="pruned", reason=record.reason)
         rows.append(row)
         pending += row["status"] == "pending"
-        if pending == n:
+        if pending == made:
             break
+    if screen > 1:
+        rows, pending = _screen(population, rows, n, stage, generation, screen_cost, acc), min(pending, n)
     if pending < n:
         log.warning("%s generation %d: only %d of %d new children after %d tries (%d pruned): "
                     "the space around the front is exhausted", stage, generation, pending, n, tries,
                     len(rows) - pending)
     return rows
+
+
+def _screen(population: pd.DataFrame, rows: list[dict[str, Any]], n: int, stage: str, generation: int,
+            cost: str, acc: str) -> list[dict[str, Any]]:
+    """The pruned rows, and the ``n`` pending ones the predictor keeps (in the order it chose them)."""
+    pending = [r for r in rows if r["status"] == "pending"]
+    keep, predicted = screen_children(population, [r["arch"] for r in pending], n, cost, acc)
+    if predicted:
+        log.info("%s generation %d: the predictor keeps %d of %d children", stage, generation, len(keep), len(pending))
+        for i in keep:
+            m, c = predicted[pending[i]["arch"]]
+            log.info("  keeps %s (predicted %s %.3f, %s %.1f)", pending[i]["arch"], acc, m, cost, c)
+    return [r for r in rows if r["status"] != "pending"] + [pending[i] for i in keep]
 
 
 def initial_generation(

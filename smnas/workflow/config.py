@@ -36,7 +36,7 @@ def _where(path: Any) -> str:
 def validate_schema(config: dict[str, Any], schema: str | Path = SCHEMA) -> None:
     """Check ``config`` against the JSON schema; raise ConfigError with the one error that matters.
 
-    Example: ``config stage1: unknown key 'populaton'; allowed: cost, generations, init, population, space, train``.
+    Example: ``config stage1: unknown key 'populaton'; allowed: cost, generations, init, population, screen, space, train``.
     """
     import jsonschema
     from jsonschema.exceptions import best_match

@@ -1,0 +1,106 @@
+"""The predictor that screens evolution's children: additive fit, hypervolume-greedy choice, wiring."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from smnas.errors import SmnasError
+from smnas.models.spec import parse_spec
+from smnas.search.evolution import mutator, next_generation, select_parents
+from smnas.search.predictor import MIN_FIT, AdditivePredictor, module_choices, screen_children
+from smnas.search.space import StageOneSpace
+from smnas.search.tables import rank_population
+
+SPACE = StageOneSpace()
+EFFECT = {"resnet18": 0.10, "resnet34": 0.12, "resnet50": 0.15, "resnet101": 0.16, "resnext50": 0.16,
+          "resnext101": 0.17, "mobilenetv2": 0.02}
+
+
+def truth(arch: str) -> tuple[float, float]:
+    """An additive world: mAP from backbone and input size, latency (ms) multiplicative in both."""
+    spec = parse_spec(arch)
+    w = spec.input_size[0]
+    backbone = spec.backbone.name
+    return EFFECT[backbone] + w / 1000, (1 + 10 * EFFECT[backbone]) * w / 32
+
+
+def population(archs: list[str]) -> pd.DataFrame:
+    maps, lats = zip(*(truth(a) for a in archs))
+    return pd.DataFrame({"arch": archs, "status": "ok", "map": maps, "latency_ms": lats})
+
+
+def test_module_choices_name_the_five_modules():
+    spec = parse_spec("resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+160x120+bn")
+    assert module_choices(spec) == ["backbone=resnet18", "neck=fpn:P2-P5:c32", "rpn=rpn", "head=2fc:256",
+                                    "size=160x120"]
+
+
+def test_an_additive_world_is_learned_and_generalises_to_unseen_combinations():
+    archs = [str(s) for s in SPACE.sample(120, seed=0)]
+    fit = AdditivePredictor(ridge=1e-6).fit(*zip(*[(a, *truth(a)) for a in archs]))
+    unseen = [str(s) for s in SPACE.sample(400, seed=1) if str(s) not in set(archs)][:50]
+    pmap, plat = fit.predict(unseen)
+    tmap, tlat = np.array([truth(a) for a in unseen]).T
+    assert np.abs(pmap - tmap).max() < 1e-4
+    assert np.corrcoef(np.log(plat), np.log(tlat))[0, 1] > 0.99  # log latency is additive here too
+
+
+def test_a_choice_never_evaluated_gets_no_effect():
+    archs = [a for a in (str(s) for s in SPACE.sample(300, seed=0)) if "resnext101" not in a][:40]
+    fit = AdditivePredictor().fit(*zip(*[(a, *truth(a)) for a in archs]))
+    new = archs[0].replace(parse_spec(archs[0]).backbone.name, "resnext101")
+    same_but_backbone = fit.predict([new])[0][0]
+    X = fit._matrix([new])
+    assert X[0, :-1].sum() == 4  # neck, RPN, head and size known; the backbone not
+    assert 0.0 <= same_but_backbone <= 1.0
+
+
+def test_fit_rejects_bad_data():
+    a = "resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+160x120+bn"
+    with pytest.raises(SmnasError, match="need as many of each"):
+        AdditivePredictor().fit([a, a], [0.1], [1.0])
+    with pytest.raises(SmnasError, match="positive cost"):
+        AdditivePredictor().fit([a], [0.1], [0.0])
+    with pytest.raises(ValueError, match="ridge"):
+        AdditivePredictor(ridge=-1)
+
+
+def test_the_screen_keeps_children_predicted_to_lift_the_front():
+    pop = population([str(s) for s in SPACE.sample(40, seed=2)])
+    children = [str(s) for s in SPACE.sample(400, seed=3) if str(s) not in set(pop["arch"])][:30]
+    keep, predicted = screen_children(pop, children, n=3, cost="latency_ms", ridge=1e-3)
+    assert len(keep) == len(set(keep)) == 3 and set(predicted) == set(children)
+    M, L = pop["map"].to_numpy(), pop["latency_ms"].to_numpy()
+
+    def dominated(arch):  # by an evaluated candidate, in the true (additive) world
+        m, lat = truth(arch)
+        return bool(((M >= m) & (L <= lat)).any())
+
+    lifts = [i for i, a in enumerate(children) if not dominated(a)]
+    assert 3 <= len(lifts) < len(children) // 2  # most children would be wasted training
+    assert all(i in lifts for i in keep)
+
+
+def test_the_screen_needs_data_and_more_children_than_places():
+    pop = population([str(s) for s in SPACE.sample(MIN_FIT - 1, seed=2)])
+    children = [str(s) for s in SPACE.sample(10, seed=3)]
+    assert screen_children(pop, children, n=3, cost="latency_ms") == ([0, 1, 2], {})
+    big = population([str(s) for s in SPACE.sample(10, seed=2)])
+    assert screen_children(big, children[:2], n=3, cost="latency_ms") == ([0, 1], {})
+    with pytest.raises(SmnasError, match=r"lacks column\(s\) \['latency_ms'\]"):
+        screen_children(big.drop(columns="latency_ms"), children, n=3, cost="latency_ms")
+
+
+def test_next_generation_with_a_screen_keeps_n_unseen_children_of_the_front():
+    pop = rank_population(population([str(s) for s in SPACE.sample(12, seed=4)]), "latency_ms")
+    parents = set(select_parents(pop, 3))
+    plain = next_generation(pop, "stage1", 1, 3, seed=0, mutate=mutator(SPACE), evaluated=set())
+    rows = next_generation(pop, "stage1", 1, 3, seed=0, mutate=mutator(SPACE), evaluated=set(), screen=8)
+    again = next_generation(pop, "stage1", 1, 3, seed=0, mutate=mutator(SPACE), evaluated=set(), screen=8)
+    assert rows == again  # deterministic
+    assert len(rows) == 3 and all(r["status"] == "pending" for r in rows)
+    assert {r["parent"] for r in rows} <= parents and not {r["arch"] for r in rows} & set(pop["arch"])
+    assert len(plain) == 3 and rows != plain  # the screen chose other children than the first three made
+    with pytest.raises(SmnasError, match="screen must be >= 1"):
+        next_generation(pop, "stage1", 1, 3, seed=0, mutate=mutator(SPACE), evaluated=set(), screen=0)
