@@ -61,6 +61,8 @@ def test_whole_workflow_tables(full_run):
                      & ((both["map"] > row["map"]) | (both["gmacs"] < row["gmacs"]))).any()
         assert dominated != (row["arch"] in set(union["arch"])), row["arch"]
     assert (res / "stage2" / "fronts.png").stat().st_size > 1000
+    # the evolution screened its children (stage1.screen 3)
+    assert "the predictor keeps 2 of 6 children" in (res / "logs" / "stage1" / "gen1" / "sample.log").read_text()
     stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
     assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
     stage2 = pd.concat([pd.read_parquet(res / "stage2" / g / "gen1" / "population.parquet") for g in groups])
@@ -241,6 +243,7 @@ def test_random_search_baseline(full_run):
         later = pd.read_parquet(res / "random" / search / "gen1" / "candidates.parquet")
         assert (later["parent"] == "").all() and not set(later["arch"]) & set(rnd["arch"])
         assert len(later) == len(evo)
+    assert "predictor" not in (res / "logs" / "random" / "stage1" / "gen1" / "sample.log").read_text()  # no screen
     groups = pd.read_parquet(res / "random" / "stage2" / "groups.parquet")
     pd.testing.assert_frame_equal(groups, pd.read_parquet(res / "stage2" / "groups.parquet"))
     assert sorted(p.name for p in (res / "random" / "stage2").glob("C*")) == groups["group"].tolist()

@@ -31,7 +31,7 @@ from smnas.errors import SmnasError
 from smnas.models.spec import DetectorSpec, parse_spec
 from smnas.search.pareto import hypervolume
 
-MIN_FIT = 3  # evaluated candidates below which the predictor knows nothing: no screen
+MIN_FIT = 2  # evaluated candidates below which the predictor knows nothing: no screen
 
 
 def module_choices(spec: DetectorSpec) -> list[str]:
