@@ -22,9 +22,9 @@ It prints the surrogate's fit (leave-one-out error against the seed noise), then
 share of trials in which each evolution's last hypervolume is above random search's, the chance of
 a 3-of-3 win (share cubed), how often the screen beats plain evolution, and the mean
 hypervolumes. Each trial is its own world: the additive effects plus an arch-specific term drawn
-once per arch (sd: the leave-one-out error left after the seed noise, or ``--interaction``), so a
-world has interactions of the size the data shows, which the screen's additive predictor cannot
-see. A surrogate is not the real space: its interactions are random, not the real ones, so read
+once per arch (sd: the leave-one-out error left after the seed noise, or ``--interaction``), and
+the log latency likewise (sd: its leave-one-out error, or ``--latency-interaction``), so a world
+has interactions of the size the data shows, which the screen's additive predictor cannot see. A surrogate is not the real space: its interactions are random, not the real ones, so read
 the win rates as what the algorithms do on a space with this much structure and this much noise,
 not as a promise for the real one. Each trial holds smnas's device lock shared, so a workflow
 timing candidates beside this bench measures alone.
@@ -72,30 +72,38 @@ class Surrogate:
     def __init__(self, archs: list[str], maps: np.ndarray, latency: np.ndarray, ridge: float = 1e-3) -> None:
         self.model = AdditivePredictor(ridge).fit(archs, maps, latency)
         self.columns = self.model.columns
-        loo = [maps[i] - AdditivePredictor(ridge).fit(np.delete(archs, i), np.delete(maps, i),
-                                                      np.delete(latency, i)).predict([archs[i]])[0][0]
-               for i in range(len(archs))]
-        self.loo = float(np.sqrt(np.mean(np.square(loo))))
+        loo_map, loo_lat = [], []
+        for i in range(len(archs)):
+            m, lat = AdditivePredictor(ridge).fit(np.delete(archs, i), np.delete(maps, i),
+                                                  np.delete(latency, i)).predict([archs[i]])
+            loo_map.append(maps[i] - m[0])
+            loo_lat.append(np.log(latency[i]) - np.log(lat[0]))
+        self.loo = float(np.sqrt(np.mean(np.square(loo_map))))  # mAP
+        self.loo_lat = float(np.sqrt(np.mean(np.square(loo_lat))))  # log latency
 
     def predict(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.model.predict(archs)
 
 
 class World:
-    """One trial's space: the surrogate plus a fixed, arch-specific interaction term (what the
-    additive effects miss; its sd is the leave-one-out error beyond the seed noise), then seed
-    noise drawn anew at every evaluation."""
+    """One trial's space: the surrogate plus fixed, arch-specific interaction terms (what the
+    additive effects miss: for mAP its sd is the leave-one-out error beyond the seed noise, for log
+    latency the leave-one-out error), then seed noise on mAP drawn anew at every evaluation."""
 
-    def __init__(self, sur: Surrogate, interaction: float, noise: float, rng: np.random.Generator) -> None:
+    def __init__(self, sur: Surrogate, interaction: float, noise: float, rng: np.random.Generator,
+                 latency_interaction: float = 0.0) -> None:
         self.sur, self.interaction, self.noise, self.rng = sur, interaction, noise, rng
-        self.offset: dict[str, float] = {}
+        self.latency_interaction = latency_interaction
+        self.offset: dict[str, tuple[float, float]] = {}
 
     def evaluate(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """One noisy evaluation of each arch: (mAP, latency in ms)."""
         m, lat = self.sur.predict(archs)
         for a in archs:
-            self.offset.setdefault(a, float(self.rng.normal(0.0, self.interaction)))
-        true = np.clip(m + np.array([self.offset[a] for a in archs]), 0.0, None)
+            self.offset.setdefault(a, (float(self.rng.normal(0.0, self.interaction)),
+                                       float(self.rng.normal(0.0, self.latency_interaction))))
+        true = np.clip(m + np.array([self.offset[a][0] for a in archs]), 0.0, None)
+        lat = lat * np.exp([self.offset[a][1] for a in archs])
         return np.clip(true + self.rng.normal(0.0, self.noise, len(archs)), 0.0, None), lat
 
 
@@ -113,10 +121,10 @@ def _hv(pop: pd.DataFrame, bound: float) -> float:
 
 
 def trial(seed: int, generations: int, population: int, space, sur: Surrogate, interaction: float,
-          noise: float, bound: float, screen: int) -> tuple[float, float, float]:
+          noise: float, bound: float, screen: int, latency_interaction: float = 0.0) -> tuple[float, float, float]:
     """The three searches for one seed in one world; their last hypervolumes (evolution, evolution
     with the predictor's screen, random)."""
-    world = World(sur, interaction, noise, np.random.default_rng(seed))
+    world = World(sur, interaction, noise, np.random.default_rng(seed), latency_interaction)
     gen0 = _evaluate(initial_generation("stage1", population, seed, space1=space), world)
     pops = {"evolution": gen0, "screened": gen0, "random": gen0}
     for g in range(1, generations):
@@ -145,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--interaction", type=float, default=None,
                    help="sd of the arch-specific term per world (default: the surrogate's leave-one-out "
                         "error beyond --noise; 0: a purely additive space)")
+    p.add_argument("--latency-interaction", type=float, default=None,
+                   help="sd of the arch-specific term of log latency (default: the surrogate's leave-one-out "
+                        "error of log latency; 0: latency purely additive in log space)")
     p.add_argument("--screen", type=int, default=None,
                    help="children per place for the screened evolution (default: the config's stage1.screen, "
                         "or 6 where it has none or 1)")
@@ -164,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{m_all.min():.3f}-{m_all.max():.3f}, latency {lat_all.min():.1f}-{lat_all.max():.1f} ms, "
           f"{len(every)} architectures")
     interaction = args.interaction if args.interaction is not None else float(np.sqrt(max(sur.loo ** 2 - args.noise ** 2, 0.0)))
-    print(f"worlds: additive effects + an arch-specific term of sd {interaction:.4f}, + seed noise of sd {args.noise}")
+    lat_sd = args.latency_interaction if args.latency_interaction is not None else sur.loo_lat
+    bound *= float(np.exp(2 * lat_sd))  # nearly every world's latencies inside the reference point
+    print(f"worlds: additive effects + an arch-specific term of sd {interaction:.4f}, + seed noise of sd {args.noise}; "
+          f"log latency additive + an arch-specific term of sd {lat_sd:.3f} (leave-one-out {sur.loo_lat:.3f})")
     top = np.argsort(-m_all)[:3]
     for i in top:
         print(f"  predicted best: {every[i]}  mAP {m_all[i]:.3f} at {lat_all[i]:.1f} ms")
@@ -178,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         res = []
         for s in range(args.trials):
             with lock.shared():  # a workflow timing beside this bench waits for the trial, not the other way
-                res.append(trial(s, g, n, space, sur, interaction, args.noise, bound, screen))
+                res.append(trial(s, g, n, space, sur, interaction, args.noise, bound, screen, lat_sd))
         res = np.array(res)
         win, win_s = float(np.mean(res[:, 0] > res[:, 2])), float(np.mean(res[:, 1] > res[:, 2]))
         print(f"{budget:>8}{args.trials:>8}{win:>16.2f}{win ** 3:>8.2f}{win_s:>15.2f}{win_s ** 3:>8.2f}"
