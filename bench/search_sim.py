@@ -16,7 +16,8 @@ generations x P candidates, generation 0 shared as in the workflow: evolution, e
 predictor's screen (``--screen`` children per place, the workflow's ``stage1.screen``) and random
 search. Each evaluation is the world's mAP plus Gaussian seed noise (``--noise``: the seed-to-seed
 sd of one candidate, bench/search_signal.py), and the hypervolume of each search's front is
-compared as bench/evidence.py does (reference point (0, 1.1 x the largest latency in the space)).
+compared as bench/evidence.py does (reference point (0, 1.1 x the largest latency in the space,
+widened by two sd of the latency term)).
 
 It prints the surrogate's fit (leave-one-out error against the seed noise), then per budget the
 share of trials in which each evolution's last hypervolume is above random search's, the chance of
@@ -24,9 +25,10 @@ a 3-of-3 win (share cubed), how often the screen beats plain evolution, and the 
 hypervolumes. Each trial is its own world: the additive effects plus an arch-specific term drawn
 once per arch (sd: the leave-one-out error left after the seed noise, or ``--interaction``), and
 the log latency likewise (sd: its leave-one-out error, or ``--latency-interaction``), so a world
-has interactions of the size the data shows, which the screen's additive predictor cannot see. A surrogate is not the real space: its interactions are random, not the real ones, so read
-the win rates as what the algorithms do on a space with this much structure and this much noise,
-not as a promise for the real one. Each trial holds smnas's device lock shared, so a workflow
+has interactions of the size the data shows, which the screen's additive predictor cannot see. A
+surrogate is not the real space: its interactions are random, not the real ones, so read the win
+rates as what the algorithms do on a space with this much structure and this much noise, not as a
+promise for the real one. Each trial holds smnas's device lock shared, so a workflow
 timing candidates beside this bench measures alone.
 """
 from __future__ import annotations
