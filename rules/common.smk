@@ -56,14 +56,14 @@ def group_of(search):
 
 def sample_settings(search):
     """What the sample step of a search reads from the config: its budget, space and cost, and the
-    evolution's screen where the config sets one (only those, so an edit elsewhere, a training lr
-    say, does not resample)."""
+    evolution's screen and edits per child where the config sets them (only those, so an edit
+    elsewhere, a training lr say, does not resample)."""
     from smnas.workflow.config import spnas_phase_settings
 
     stage = stage_of(search)
     if stage == "spnas":
         return spnas_phase_settings(config["spnas"], phase_of(search))
-    keys = ("population", "space", "cost") + (() if prefix_of(search) else ("screen",))
+    keys = ("population", "space", "cost") + (() if prefix_of(search) else ("screen", "max_ops"))
     return {k: config[stage][k] for k in keys if k in config[stage]}
 
 

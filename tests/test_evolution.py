@@ -204,3 +204,18 @@ def test_stage2_space_from_dict():
     with pytest.raises(SmnasError, match="^config stage2.space: stage two: norm 'gn'"):
         StageTwoSpace.from_dict({"norm": "gn"})
     assert StageTwoSpace.paper().fpn_channels == (128, 256, 512) and StageTwoSpace.paper().base_channels == (48, 56, 64, 72)
+
+
+def test_stage2_sample_generation_reads_max_ops(tmp_path):
+    from smnas.workflow.generations import StageSettings, sample_generation
+
+    pop = stage2_population(0)
+    pop.to_parquet(tmp_path / "population.parquet")
+    changed = {}
+    for max_ops in (1, 3):
+        settings = StageSettings(population=12, space=SPACE2, cost="cost", max_ops=max_ops)
+        table = sample_generation("stage2", 1, settings, seed=0, population=tmp_path / "population.parquet", group="C0")
+        pairs = [(parse_spec(a), parse_spec(p)) for a, p in zip(table["arch"], table["parent"])]
+        assert len(pairs) == 12 and not set(table["arch"]) & set(pop["arch"])
+        changed[max_ops] = sum(c.backbone != p.backbone and c.neck != p.neck for c, p in pairs)
+    assert changed[1] == 0 and changed[3] > 0  # backbone and FPN in one child: more than one edit

@@ -151,3 +151,31 @@ def test_mutate_stage2_edits_backbone_or_fpn_only(enc, fpn, seed):
     assert (child.backbone != spec.backbone) != (child.neck != spec.neck)  # exactly one of them
     with pytest.raises(SpecError, match="needs an encoding"):
         mutate_stage2(parse_spec("resnet18+fpn:P1-P5:c16+rpn+2fc+128x96+gnws"), space2, random.Random(0))
+
+
+def test_mutate_stage2_with_one_op_draws_as_a_single_edit():
+    from smnas.search.mutation import _edit_stage2
+
+    space2 = StageTwoSpace.laptop()
+    spec = parse_spec("basicblock_16_1-21-21-12+fpn:P2-P5:c32+rpn+2fc:256+128x96+bn")
+    for seed in range(50):  # runs sampled before max_ops existed resume to the same children
+        assert mutate_stage2(spec, space2, random.Random(seed)) == _edit_stage2(spec, space2, random.Random(seed))
+    with pytest.raises(SpecError, match=r"max_ops must be >= 1 \(edits per child\), got 0"):
+        mutate_stage2(spec, space2, random.Random(0), max_ops=0)
+
+
+def test_mutate_stage2_with_several_ops_reaches_beyond_one_edit():
+    space2 = StageTwoSpace.laptop()
+    spec = parse_spec("basicblock_16_1-21-21-12+fpn:P2-P5:c32+rpn+2fc:256+128x96+bn")
+    blocks = len(_flat(parse_encoding(spec.backbone.name)))
+    both, far = {1: 0, 3: 0}, {1: 0, 3: 0}
+    for max_ops in (1, 3):
+        for seed in range(200):
+            child = mutate_stage2(spec, space2, random.Random(seed), max_ops=max_ops)
+            enc = parse_encoding(child.backbone.name)
+            assert child != spec and child.validate() is child and in_bounds(enc, space2.bounds)
+            assert replace(child, backbone=spec.backbone, neck=spec.neck) == spec
+            both[max_ops] += child.backbone != spec.backbone and child.neck != spec.neck
+            far[max_ops] += abs(len(_flat(enc)) - blocks) >= 2
+    assert both[1] == far[1] == 0  # one edit changes the backbone or the FPN, one block at most
+    assert both[3] > 10 and far[3] > 3  # some children are two or three edits away

@@ -37,10 +37,11 @@ Mutate = Callable[[DetectorSpec, random.Random], DetectorSpec]
 Cost = Callable[[DetectorSpec], float]
 
 
-def mutator(space: StageOneSpace | StageTwoSpace) -> Mutate:
-    """The mutation function of a stage's space, as :func:`next_generation` takes it."""
+def mutator(space: StageOneSpace | StageTwoSpace, max_ops: int = 1) -> Mutate:
+    """The mutation function of a stage's space, as :func:`next_generation` takes it (stage two:
+    1..``max_ops`` edits per child, :func:`~smnas.search.mutation.mutate_stage2`)."""
     if isinstance(space, StageTwoSpace):
-        return lambda spec, rng: mutate_stage2(spec, space, rng)
+        return lambda spec, rng: mutate_stage2(spec, space, rng, max_ops)
     return lambda spec, rng: mutate_stage1(spec, space, rng)
 
 

@@ -11,7 +11,8 @@ none (a caller then tries another operator):
     change_base      basicblock_64_1-21-21-12 -> basicblock_56_1-21-21-12
 
 ``mutate_encoding`` picks one applicable operator at random; ``mutate_stage1`` changes one module
-of a stage-one structure to another choice of its space.
+of a stage-one structure to another choice of its space; ``mutate_stage2`` makes 1..max_ops edits
+of a stage-two spec (encoding operators and the FPN's channels).
 """
 from __future__ import annotations
 
@@ -179,14 +180,30 @@ def _valid(spec: DetectorSpec) -> bool:
     return True
 
 
-def mutate_stage2(spec: DetectorSpec, space2: StageTwoSpace, rng: random.Random) -> DetectorSpec:
-    """One edit of a stage-two spec: an encoding operator or another FPN channel count.
+def mutate_stage2(spec: DetectorSpec, space2: StageTwoSpace, rng: random.Random, max_ops: int = 1) -> DetectorSpec:
+    """1..``max_ops`` edits of a stage-two spec, each an encoding operator or another FPN channel count.
 
-    The operator is drawn uniformly among those that apply (FPN channels only with an FPN).
+    Each edit's operator is drawn uniformly among those that apply (FPN channels only with an
+    FPN). With ``max_ops`` > 1 the number of edits is drawn uniformly first, as SP-NAS makes a
+    child by up to three morphs (Jiang et al., CVPR 2020), so a child can land farther from its
+    parent than one edit reaches; with 1, ``rng`` is drawn exactly as before the option existed.
 
     Raises:
-        SpecError: ``spec``'s backbone is not an encoding, or no operator applies.
+        SpecError: ``spec``'s backbone is not an encoding, ``max_ops`` < 1, or no operator applies.
     """
+    if max_ops < 1:
+        raise SpecError(f"mutate_stage2: max_ops must be >= 1 (edits per child), got {max_ops}")
+    edits = rng.randint(1, max_ops) if max_ops > 1 else 1
+    child = spec
+    for _ in range(edits):
+        child = _edit_stage2(child, space2, rng)
+    while child == spec:  # edits that undo each other: one more
+        child = _edit_stage2(child, space2, rng)
+    return child
+
+
+def _edit_stage2(spec: DetectorSpec, space2: StageTwoSpace, rng: random.Random) -> DetectorSpec:
+    """One edit of a stage-two spec (see :func:`mutate_stage2`)."""
     if not spec.backbone.is_encoding:
         raise SpecError(f"{spec}: a stage-two spec needs an encoding as backbone (see seed_spec)")
     enc = parse_encoding(spec.backbone.name)

@@ -32,6 +32,7 @@ class StageSettings:
     cost: str  # the cost column minimised beside mAP (latency_ms, gmacs, backbone_gmacs)
     strategy: str = "evolution"  # or "random": generations g > 0 drawn uniformly (the baseline)
     screen: int = 1  # children made per child trained, the predictor keeping the best (1: none)
+    max_ops: int = 1  # stage two: edits per child of generations g > 0, drawn from 1..max_ops
 
 
 def sample_generation(stage: str, generation: int, settings: StageSettings, seed: int,
@@ -42,8 +43,9 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
     Stage one, g = 0: a seeded sample of the space. Stage two, g = 0 of group ``group``: the
     group's stage-one ``structure`` with its backbone as an encoding, and mutations of it. g > 0:
     mutations of the front of generation g-1 (``population``, ranked: in stage two the group's
-    own), never an architecture evaluated before (``settings.screen`` > 1: that many children per
-    place, a predictor keeping the most promising, :mod:`smnas.search.predictor`); with
+    own, each child 1..``settings.max_ops`` edits from its parent), never an architecture
+    evaluated before (``settings.screen`` > 1: that many children per place, a predictor keeping
+    the most promising, :mod:`smnas.search.predictor`); with
     ``settings.strategy == "random"``, uniform draws from the space (stage two: inside
     ``structure``) instead. With ``cost`` (stage two), Partial Order Pruning judges each child
     against the same population, so against its own group only (pruned rows are kept, with the
@@ -70,7 +72,8 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
                                  space2=None if first is None else space, structure=first, evaluated=seen)
     else:
         pop = pd.read_parquet(population)
-        rows = next_generation(pop, key, generation, n, seed, mutator(space), set(pop["arch"]), cost=cost,
+        mutate = mutator(space, settings.max_ops)
+        rows = next_generation(pop, key, generation, n, seed, mutate, set(pop["arch"]), cost=cost,
                                screen=settings.screen, screen_cost=settings.cost)
     for row in rows:
         row.update(stage=stage, group=group)

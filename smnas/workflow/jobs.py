@@ -99,7 +99,7 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
         _sample_spnas(population, groups, table, group, generation, seed, settings, candidates_dir)
         return
     typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"],
-                          strategy, settings.get("screen", 1))
+                          strategy, settings.get("screen", 1), settings.get("max_ops", 1))
     structure, cost = None, None
     if stage == "stage2":
         opts = detector_options({"detector": detector}, _num_classes(train_json))
