@@ -3,6 +3,7 @@
     .venv/bin/python bench/evidence.py                    # 3 seeds (about 50 min each on 2 cores)
     .venv/bin/python bench/evidence.py --seeds 0 --out runs/evidence
     .venv/bin/python bench/evidence.py --analyse runs/evidence   # only the tables of an earlier run
+    .venv/bin/python bench/evidence.py --export runs/evidence docs/runs/NAME   # keep its tables
 
 For each seed, one workflow run (config/config.yaml with that seed, a longer search than the main
 job's: `--stage1-generations`, `--stage2-generations`, and `--from-front` final models along the
@@ -35,6 +36,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -262,12 +264,37 @@ def plot(runs: list[tuple[str, Path]], out: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+def seed_dirs(root: Path) -> list[Path]:
+    """The ``seed{N}`` run folders under ``root``, by seed."""
+    return sorted((p for p in root.glob("seed*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+
+
+# What --export keeps of a run: every table the analysis and bench/search_sim.py read, no weights or images
+EXPORTED = ("**/gen*/population.parquet", "**/gen*/candidates.parquet", "**/front.parquet", "**/groups.parquet",
+            "final/*/metrics.json", "baselines/*/metrics.json", "agreement/*/metrics.json",
+            "final/*/arch.txt", "baselines/*/arch.txt", "agreement/*/arch.txt")
+
+
+def export(root: Path, dest: Path) -> None:
+    """The tables of every ``seed{N}`` run under ``root`` (a few hundred KB a seed, same layout)
+    into ``dest``, with each run's configs and ``retimed.csv``: enough for ``--analyse dest
+    --retime 0`` and ``bench/search_sim.py --runs dest/seed{N}`` once the run folder is gone."""
+    for seed_dir in seed_dirs(root):
+        files = [seed_dir / n for n in ("base.yaml", "evidence.yaml", "retimed.csv") if (seed_dir / n).exists()]
+        files += [f for pattern in EXPORTED for f in (seed_dir / "results").glob(pattern)]
+        for f in files:
+            target = dest / seed_dir.name / f.relative_to(seed_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+        print(f"{seed_dir.name}: {len(files)} files -> {dest / seed_dir.name}")
+
+
 def analyse(root: Path, retime_rounds: int = 0) -> None:
-    seeds = sorted((p for p in root.glob("seed*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:]))
+    seeds = seed_dirs(root)
     base = seeds[0] / "base.yaml" if seeds and (seeds[0] / "base.yaml").exists() else REPO / "config/config.yaml"
     cfg = yaml.safe_load(base.read_text())
     for seed_dir in seeds if retime_rounds else ():
-        if (seed_dir / "results" / "baselines").is_dir():
+        if any((seed_dir / "results" / "baselines").glob("*/model.pt")):  # not an --export
             print(f"{seed_dir.name}: timing its final models and baselines again, side by side, "
                   f"{retime_rounds} rounds ...", flush=True)
             t = retime(seed_dir / "results", cfg["detector"], retime_rounds, cfg["latency_images"])
@@ -314,6 +341,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     p.add_argument("--analyse", type=Path, default=None, help="only analyse the seed*/ folders of an earlier --out")
+    p.add_argument("--export", type=Path, nargs=2, default=None, metavar=("RUNS", "DEST"),
+                   help="copy the tables of RUNS/seed*/ (no weights or images) to DEST/seed*/ and stop")
     p.add_argument("--retime", type=int, default=5, metavar="ROUNDS",
                    help="time every final model and baseline again side by side in ROUNDS interleaved rounds "
                         "and compare those medians (default 5; 0: the workflow's own single measurements)")
@@ -334,6 +363,9 @@ def main() -> None:
                    help="seeds that also train the final models and the baselines (default: every seed); "
                         "the others run only the two searches, for the hypervolume comparison")
     args = p.parse_args()
+    if args.export:
+        export(*args.export)
+        return
     if args.analyse:
         analyse(args.analyse, args.retime)
         return
