@@ -120,23 +120,32 @@ def _metrics(res: Path, kind: str) -> pd.DataFrame:
     return df
 
 
-def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
-    """Every final model and baseline of one run timed again side by side: ``rounds`` rounds, each
-    timing every model once (``measure_latency``, batch 1, one thread, the first ``images`` val
-    images) in a new random order, so that a slow spell of a noisy machine hits them all alike;
-    the median over rounds per model. Written to ``retimed.csv`` beside ``results/``."""
-    from smnas.engine.candidate import DataPaths, latency_images
+def time_side_by_side(models: dict, imgs: list, rounds: int, seed: int = 0,
+                      passes: dict | None = None) -> dict[object, list[float]]:
+    """Each model's median forward time (ms; ``measure_latency``, batch 1, one thread, ``passes[key]``
+    passes over ``imgs``, default 1) in each of ``rounds`` rounds; every round times every model
+    once, in a new random order, so that a slow spell of a noisy machine hits them all alike."""
     from smnas.engine.measure import measure_latency
+
+    rng, keys, times = np.random.default_rng(seed), list(models), {key: [] for key in models}
+    for _ in range(rounds):
+        for i in rng.permutation(len(keys)):
+            runs = (passes or {}).get(keys[i], 1)
+            times[keys[i]].append(measure_latency(models[keys[i]], imgs, runs=runs, threads=1).median_ms)
+    return times
+
+
+def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
+    """Every final model and baseline of one run timed again side by side (:func:`time_side_by_side`,
+    the first ``images`` val images); the median over rounds per model. Written to
+    ``retimed.csv`` beside ``results/``."""
+    from smnas.engine.candidate import DataPaths, latency_images
     from smnas.workflow.jobs import load_trained
 
     models = {(kind, name): load_trained(res / kind / name, detector)
               for kind in ("final", "baselines") for name in _metrics(res, kind)["name"]}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), images)
-    rng, keys, times = np.random.default_rng(0), list(models), {key: [] for key in models}
-    for _ in range(rounds):
-        for i in rng.permutation(len(keys)):
-            key = keys[i]
-            times[key].append(measure_latency(models[key], imgs, runs=1, threads=1).median_ms)
+    times = time_side_by_side(models, imgs, rounds)
     table = pd.DataFrame([{"kind": k, "name": n, "latency_ms": float(np.median(t)), "min_ms": min(t), "max_ms": max(t),
                            "rounds": len(t)} for (k, n), t in times.items()])
     table.to_csv(res.parent / "retimed.csv", index=False)

@@ -1,0 +1,132 @@
+"""How noisy is stage one's cost? A run's stage-one candidates timed again, side by side.
+
+    .venv/bin/python bench/latency_noise.py --run /tmp/ev14/seed2            # 3 rounds
+    .venv/bin/python bench/latency_noise.py --run RUN --rounds 5 --csv noise.csv
+    .venv/bin/python bench/latency_noise.py --run RUN --passes 5     # latency_runs 5 against 1
+
+Stage one ranks candidates by one latency measurement each (``latency_runs`` passes over the
+first ``latency_images`` val images, median forward), taken whenever its timing job ran. This
+bench loads every trained stage-one candidate of a ``bench/evidence.py`` run (both searches),
+times them all again in ``--rounds`` interleaved rounds (``time_side_by_side``: a new random
+order each round, so a slow spell hits them all alike) and prints:
+
+- per candidate: the search-time figure, the re-timed median and range, and their ratio;
+- Kendall tau between the search-time figures and the re-timed medians, and between two rounds
+  (how repeatable one measurement is when the machine is the same for all);
+- each search's stage-one front (members) and last hypervolume, by the search-time figures and
+  by the re-timed medians (evolution against random search, as ``bench/evidence.py`` computes it),
+  so one sees whether a verdict is the algorithm's or the stopwatch's;
+- with ``--passes N``, the same repeatability for measurements of N passes each (config
+  ``latency_runs``), timed in the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from evidence import _populations, time_side_by_side  # noqa: E402
+
+from smnas.search.pareto import hypervolume  # noqa: E402
+from smnas.search.tables import rank_population  # noqa: E402
+
+
+def candidates(res: Path) -> pd.DataFrame:
+    """The distinct evaluated stage-one candidates of both searches: arch, hash, map, latency_ms, search."""
+    from smnas.models.spec import spec_hash
+
+    frames = []
+    for name, prefix in (("evolution", ""), ("random", "random")):
+        pops = _populations(res, "stage1", prefix)
+        if pops:
+            last = pops[-1]
+            frames.append(last[last["status"] == "ok"][["arch", "map", "latency_ms"]].assign(search=name))
+    if not frames:
+        raise SystemExit(f"{res}: no stage1/gen*/population.parquet (is this a bench/evidence.py run's results/?)")
+    df = pd.concat(frames, ignore_index=True)
+    df = df.groupby("arch", as_index=False).agg(map=("map", "first"), latency_ms=("latency_ms", "first"),
+                                                search=("search", lambda s: "+".join(sorted(set(s)))))
+    df["hash"] = [spec_hash(a) for a in df["arch"]]
+    return df
+
+
+def front_and_hv(res: Path, latency: dict[str, float], bound: float) -> dict[str, tuple[set[str], float]]:
+    """Each search's last stage-one front (archs) and hypervolume with ``latency`` as the cost."""
+    out = {}
+    for name, prefix in (("evolution", ""), ("random", "random")):
+        pop = _populations(res, "stage1", prefix)[-1]
+        pop = pop[pop["status"] == "ok"].assign(latency_ms=lambda d: [latency[a] for a in d["arch"]])
+        ranked = rank_population(pop, "latency_ms")
+        front = ranked[ranked["front_rank"] == 0]
+        F = np.column_stack([-front["map"].to_numpy(float), front["latency_ms"].to_numpy(float) / bound])
+        out[name] = (set(front["arch"]), hypervolume(F, [0.0, 1.0]))
+    return out
+
+
+def short(arch: str) -> str:
+    return arch.replace("@0.25", "").replace(":256", "").replace("+bn", "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="a bench/evidence.py seed folder (holding base.yaml and results/)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--csv", type=Path, default=None, help="also write the per-candidate table here")
+    p.add_argument("--passes", type=int, default=None, metavar="N",
+                   help="also time every candidate with N passes over the images (latency_runs N) in the same "
+                        "rounds, and compare how repeatable one measurement is with 1 and with N passes")
+    args = p.parse_args()
+    from scipy.stats import kendalltau
+
+    from smnas.engine.candidate import DataPaths, latency_images
+    from smnas.workflow.jobs import load_trained
+
+    res = args.run / "results"
+    cfg = yaml.safe_load((args.run / "base.yaml").read_text())
+    df = candidates(res)
+    print(f"{len(df)} stage-one candidates; timing them {args.rounds} rounds side by side ...", flush=True)
+    models = {a: load_trained(res / "stage1" / "candidates" / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
+    imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), cfg["latency_images"])
+    keys = {a: models[a] for a in models} | ({(a, args.passes): models[a] for a in models} if args.passes else {})
+    times = time_side_by_side(keys, imgs, args.rounds, passes={(a, args.passes): args.passes for a in models})
+    df["retimed_ms"] = [float(np.median(times[a])) for a in df["arch"]]
+    df["min_ms"] = [min(times[a]) for a in df["arch"]]
+    df["max_ms"] = [max(times[a]) for a in df["arch"]]
+    df["search/retimed"] = df["latency_ms"] / df["retimed_ms"]
+    table = df.sort_values("retimed_ms").assign(arch=lambda d: d["arch"].map(short))
+    pd.set_option("display.width", 200)
+    print(table[["arch", "search", "map", "latency_ms", "retimed_ms", "min_ms", "max_ms", "search/retimed"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    tau = kendalltau(df["latency_ms"], df["retimed_ms"]).statistic
+    rounds = [kendalltau([times[a][i] for a in df["arch"]], [times[a][i + 1] for a in df["arch"]]).statistic
+              for i in range(args.rounds - 1)]
+    print(f"\nKendall tau, search-time vs re-timed median: {tau:+.3f}; between consecutive rounds: "
+          + ", ".join(f"{r:+.3f}" for r in rounds))
+    print(f"search-time / re-timed: median {df['search/retimed'].median():.2f}, "
+          f"range {df['search/retimed'].min():.2f}-{df['search/retimed'].max():.2f}")
+    if args.passes:
+        many = [kendalltau([times[(a, args.passes)][i] for a in df["arch"]],
+                           [times[(a, args.passes)][i + 1] for a in df["arch"]]).statistic for i in range(args.rounds - 1)]
+        print(f"between consecutive rounds with {args.passes} passes per measurement: "
+              + ", ".join(f"{r:+.3f}" for r in many) + f" (1 pass: mean {np.mean(rounds):+.3f}, "
+              f"{args.passes} passes: mean {np.mean(many):+.3f})")
+    for label, column in (("search-time", "latency_ms"), ("re-timed", "retimed_ms")):
+        latency = dict(zip(df["arch"], df[column]))
+        result = front_and_hv(res, latency, 1.1 * max(latency.values()))
+        print(f"\nby the {label} figures (reference point 1.1 x the largest of them):")
+        for name, (front, hv) in result.items():
+            print(f"  {name}: hypervolume {hv:.4f}, front {sorted(map(short, front))}")
+
+
+if __name__ == "__main__":
+    main()
