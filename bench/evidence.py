@@ -195,12 +195,19 @@ def hypervolume_table(res: Path, cost: dict[str, str]) -> pd.DataFrame:
         bound = 1.1 * float(all_ok[cost[stage]].max())
         for name, ps in pops.items():
             for g, pop in enumerate(ps):
-                ok = rank_population(pop, cost[stage])
-                front = ok[ok["front_rank"] == 0]
-                F = np.column_stack([-front["map"].to_numpy(float), front[cost[stage]].to_numpy(float) / bound])
+                front, hv = front_hypervolume(pop, cost[stage], bound)
                 rows.append({"stage": stage, "search": name, "generation": g, "evaluated": int((pop["status"] == "ok").sum()),
-                             "front": len(front), "hypervolume": hypervolume(F, [0.0, 1.0])})
+                             "front": len(front), "hypervolume": hv})
     return pd.DataFrame(rows)
+
+
+def front_hypervolume(pop: pd.DataFrame, cost: str, bound: float) -> tuple[pd.DataFrame, float]:
+    """A population's first front and its hypervolume (objectives -mAP and ``cost`` / ``bound``,
+    reference point (0, 1))."""
+    ranked = rank_population(pop, cost)
+    front = ranked[ranked["front_rank"] == 0]
+    F = np.column_stack([-front["map"].to_numpy(float), front[cost].to_numpy(float) / bound])
+    return front, hypervolume(F, [0.0, 1.0])
 
 
 def agreement(res: Path) -> tuple[float, int]:

@@ -33,42 +33,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from evidence import _populations, time_side_by_side  # noqa: E402
-
-from smnas.search.pareto import hypervolume  # noqa: E402
-from smnas.search.tables import rank_population  # noqa: E402
+from evidence import _populations, front_hypervolume, time_side_by_side  # noqa: E402
 
 
-def candidates(res: Path) -> pd.DataFrame:
-    """The distinct evaluated stage-one candidates of both searches: arch, hash, map, latency_ms, search."""
-    from smnas.models.spec import spec_hash
-
-    frames = []
+def last_populations(res: Path) -> dict[str, pd.DataFrame]:
+    """Each search's stage-one population after its last generation, evaluated rows only."""
+    out = {}
     for name, prefix in (("evolution", ""), ("random", "random")):
         pops = _populations(res, "stage1", prefix)
         if pops:
-            last = pops[-1]
-            frames.append(last[last["status"] == "ok"][["arch", "map", "latency_ms"]].assign(search=name))
-    if not frames:
+            out[name] = pops[-1][pops[-1]["status"] == "ok"]
+    if not out:
         raise SystemExit(f"{res}: no stage1/gen*/population.parquet (is this a bench/evidence.py run's results/?)")
-    df = pd.concat(frames, ignore_index=True)
+    return out
+
+
+def candidates(last: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The distinct candidates of both searches: arch, hash, map, latency_ms, search."""
+    from smnas.models.spec import spec_hash
+
+    df = pd.concat([pop[["arch", "map", "latency_ms"]].assign(search=name) for name, pop in last.items()],
+                   ignore_index=True)
     df = df.groupby("arch", as_index=False).agg(map=("map", "first"), latency_ms=("latency_ms", "first"),
                                                 search=("search", lambda s: "+".join(sorted(set(s)))))
     df["hash"] = [spec_hash(a) for a in df["arch"]]
     return df
-
-
-def front_and_hv(res: Path, latency: dict[str, float], bound: float) -> dict[str, tuple[set[str], float]]:
-    """Each search's last stage-one front (archs) and hypervolume with ``latency`` as the cost."""
-    out = {}
-    for name, prefix in (("evolution", ""), ("random", "random")):
-        pop = _populations(res, "stage1", prefix)[-1]
-        pop = pop[pop["status"] == "ok"].assign(latency_ms=lambda d: [latency[a] for a in d["arch"]])
-        ranked = rank_population(pop, "latency_ms")
-        front = ranked[ranked["front_rank"] == 0]
-        F = np.column_stack([-front["map"].to_numpy(float), front["latency_ms"].to_numpy(float) / bound])
-        out[name] = (set(front["arch"]), hypervolume(F, [0.0, 1.0]))
-    return out
 
 
 def short(arch: str) -> str:
@@ -91,12 +80,13 @@ def main() -> None:
 
     res = args.run / "results"
     cfg = yaml.safe_load((args.run / "base.yaml").read_text())
-    df = candidates(res)
+    last = last_populations(res)
+    df = candidates(last)
     print(f"{len(df)} stage-one candidates; timing them {args.rounds} rounds side by side ...", flush=True)
     models = {a: load_trained(res / "stage1" / "candidates" / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), cfg["latency_images"])
-    keys = {a: models[a] for a in models} | ({(a, args.passes): models[a] for a in models} if args.passes else {})
-    times = time_side_by_side(keys, imgs, args.rounds, passes={(a, args.passes): args.passes for a in models})
+    more = {(a, args.passes): m for a, m in models.items()} if args.passes else {}
+    times = time_side_by_side(models | more, imgs, args.rounds, passes=dict.fromkeys(more, args.passes))
     df["retimed_ms"] = [float(np.median(times[a])) for a in df["arch"]]
     df["min_ms"] = [min(times[a]) for a in df["arch"]]
     df["max_ms"] = [max(times[a]) for a in df["arch"]]
@@ -122,10 +112,11 @@ def main() -> None:
               f"{args.passes} passes: mean {np.mean(many):+.3f})")
     for label, column in (("search-time", "latency_ms"), ("re-timed", "retimed_ms")):
         latency = dict(zip(df["arch"], df[column]))
-        result = front_and_hv(res, latency, 1.1 * max(latency.values()))
         print(f"\nby the {label} figures (reference point 1.1 x the largest of them):")
-        for name, (front, hv) in result.items():
-            print(f"  {name}: hypervolume {hv:.4f}, front {sorted(map(short, front))}")
+        for name, pop in last.items():
+            front, hv = front_hypervolume(pop.assign(latency_ms=pop["arch"].map(latency)), "latency_ms",
+                                          1.1 * max(latency.values()))
+            print(f"  {name}: hypervolume {hv:.4f}, front {sorted(map(short, front['arch']))}")
 
 
 if __name__ == "__main__":
