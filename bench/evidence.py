@@ -121,17 +121,18 @@ def _metrics(res: Path, kind: str) -> pd.DataFrame:
 
 
 def time_side_by_side(models: dict, imgs: list, rounds: int, seed: int = 0,
-                      passes: dict | None = None) -> dict[object, list[float]]:
-    """Each model's median forward time (ms; ``measure_latency``, batch 1, one thread, ``passes[key]``
-    passes over ``imgs``, default 1) in each of ``rounds`` rounds; every round times every model
-    once, in a new random order, so that a slow spell of a noisy machine hits them all alike."""
+                      passes: dict | None = None) -> dict[object, list]:
+    """Each model's ``Latency`` (``measure_latency``, batch 1, one thread, ``passes[key]`` passes over
+    ``imgs``, default 1; its median_ms is the figure reported) in each of ``rounds`` rounds; every
+    round times every model once, in a new random order, so that a slow spell of a noisy machine
+    hits them all alike."""
     from smnas.engine.measure import measure_latency
 
     rng, keys, times = np.random.default_rng(seed), list(models), {key: [] for key in models}
     for _ in range(rounds):
         for i in rng.permutation(len(keys)):
             runs = (passes or {}).get(keys[i], 1)
-            times[keys[i]].append(measure_latency(models[keys[i]], imgs, runs=runs, threads=1).median_ms)
+            times[keys[i]].append(measure_latency(models[keys[i]], imgs, runs=runs, threads=1))
     return times
 
 
@@ -145,7 +146,7 @@ def retime(res: Path, detector: dict, rounds: int, images: int) -> pd.DataFrame:
     models = {(kind, name): load_trained(res / kind / name, detector)
               for kind in ("final", "baselines") for name in _metrics(res, kind)["name"]}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), images)
-    times = time_side_by_side(models, imgs, rounds)
+    times = {key: [t.median_ms for t in ts] for key, ts in time_side_by_side(models, imgs, rounds).items()}
     table = pd.DataFrame([{"kind": k, "name": n, "latency_ms": float(np.median(t)), "min_ms": min(t), "max_ms": max(t),
                            "rounds": len(t)} for (k, n), t in times.items()])
     table.to_csv(res.parent / "retimed.csv", index=False)

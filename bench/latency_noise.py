@@ -16,6 +16,9 @@ order each round, so a slow spell hits them all alike) and prints:
 - each search's stage-one front (members) and last hypervolume, by the search-time figures and
   by the re-timed medians (evolution against random search, as ``bench/evidence.py`` computes it),
   so one sees whether a verdict is the algorithm's or the stopwatch's;
+- whether the fastest forward of a measurement (its min) would rank the models more repeatably
+  than the median forward that the workflow reports: one round's figure against the other
+  rounds' medians, and each model's round-to-round spread;
 - with ``--passes N``, the same repeatability for measurements of N passes each (config
   ``latency_runs``), timed in the same rounds.
 """
@@ -86,7 +89,9 @@ def main() -> None:
     models = {a: load_trained(res / "stage1" / "candidates" / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), cfg["latency_images"])
     more = {(a, args.passes): m for a, m in models.items()} if args.passes else {}
-    times = time_side_by_side(models | more, imgs, args.rounds, passes=dict.fromkeys(more, args.passes))
+    timed = time_side_by_side(models | more, imgs, args.rounds, passes=dict.fromkeys(more, args.passes))
+    times = {key: [t.median_ms for t in ts] for key, ts in timed.items()}
+    fastest = {key: [t.min_ms for t in ts] for key, ts in timed.items()}
     df["retimed_ms"] = [float(np.median(times[a])) for a in df["arch"]]
     df["min_ms"] = [min(times[a]) for a in df["arch"]]
     df["max_ms"] = [max(times[a]) for a in df["arch"]]
@@ -104,6 +109,15 @@ def main() -> None:
           + ", ".join(f"{r:+.3f}" for r in rounds))
     print(f"search-time / re-timed: median {df['search/retimed'].median():.2f}, "
           f"range {df['search/retimed'].min():.2f}-{df['search/retimed'].max():.2f}")
+    # Would another statistic of the same forwards rank better? One round's figure against the
+    # median of the other rounds' medians (the best estimate of each model's typical time).
+    for label, stat in (("median forward (reported)", times), ("fastest forward", fastest)):
+        one = [kendalltau([stat[a][i] for a in df["arch"]],
+                          [np.median([times[a][j] for j in range(args.rounds) if j != i]) for a in df["arch"]]).statistic
+               for i in range(args.rounds)] if args.rounds > 1 else [np.nan]
+        spread = np.median([np.std(stat[a]) / np.mean(stat[a]) for a in df["arch"]])
+        print(f"one round's {label} vs the other rounds' medians: Kendall tau mean {np.mean(one):+.3f} "
+              f"({', '.join(f'{t:+.2f}' for t in one)}); round-to-round spread of one model (median CV) {spread:.3f}")
     if args.passes:
         many = [kendalltau([times[(a, args.passes)][i] for a in df["arch"]],
                            [times[(a, args.passes)][i + 1] for a in df["arch"]]).statistic for i in range(args.rounds - 1)]
