@@ -137,6 +137,22 @@ def previous_population(wildcards):
     return [f"results/{wildcards.search}/gen{g - 1}/population.parquet"] if g > 0 else []
 
 
+def retimed_json(search, gen):
+    """Generation gen's repeated timings of its front (rule retime), when the search's cost is
+    measured time and config latency_measurements > 1; else none."""
+    if config[stage_of(search)]["cost"] != "latency_ms" or config["latency_measurements"] == 1 or gen < 0:
+        return []
+    return f"results/{search}/gen{gen}/retimed.json"
+
+
+def retimed_of(wildcards):
+    return retimed_json(wildcards.search, int(wildcards.gen))
+
+
+def previous_retimed(wildcards):
+    return retimed_json(wildcards.search, int(wildcards.gen) - 1)
+
+
 def sample_population(wildcards):
     """What generation g samples from: the previous population; for SP-NAS's parallel phase,
     generation 0 widens the best network of its group's serial search (its last population)."""

@@ -1,7 +1,8 @@
 # A search generation g, as file targets, for stage one and for each stage-two group:
 #   sample (g = 0: random / the group's structure; g > 0: mutate the front of g-1; stage two:
-#   Partial Order Pruning within the group) -> train -> time -> evaluate -> rank (non-dominated
-#   sorting) -> sample g+1 ... -> front.
+#   Partial Order Pruning within the group) -> train -> time -> evaluate -> [retime: the front's
+#   members timed again, when the cost is measured time] -> rank (non-dominated sorting)
+#   -> sample g+1 ... -> front.
 # {search} is "stage1" or a stage-two group "stage2/C0", "stage2/C1", ... (the paper's C0..C5:
 # structures spread along the stage-one front, each searched with its own population, front and
 # pruning); stage two's front is the non-dominated set of its groups' fronts.
@@ -148,12 +149,46 @@ rule evaluate:
         "../scripts/run.py"
 
 
+rule retime:
+    """A search whose cost is measured time: the front's members timed again, each until it has
+    `latency_measurements` measurements from different moments; the rank step takes the median."""
+    input:
+        search_data()["val_json"],  # unnamed: a dependency; the images are timed
+        candidates=generation_candidates,
+        metrics=generation_metrics,
+        previous=previous_population,
+        previous_retimed=previous_retimed,
+    output:
+        retimed="results/{search}/gen{gen}/retimed.json",
+    params:
+        data=search_data(),
+        options=lambda wc: stage_options(stage_of(wc.search)),
+        runs=config["latency_runs"],
+        num_images=config["latency_images"],
+        measurements=config["latency_measurements"],
+        candidates_dir=lambda wc: f"results/{stage_of(wc.search)}/candidates",
+    log:
+        "results/logs/{search}/gen{gen}/retime.log",
+    benchmark:
+        "results/benchmarks/{search}/gen{gen}.retime.tsv"
+    threads: 1  # as the time rule: smnas's device lock held while measuring; on SLURM a node
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/smnas.yaml"
+    script:
+        "../scripts/run.py"
+
+
 rule rank:
     """Everything evaluated up to generation g, ranked into Pareto fronts (non-dominated sorting)."""
     input:
         candidates=generation_candidates,
         metrics=generation_metrics,
         previous=previous_population,
+        retimed=retimed_of,  # the front's repeated timings, when the cost is measured time
     output:
         population="results/{search}/gen{gen}/population.parquet",
     params:

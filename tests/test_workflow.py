@@ -21,10 +21,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 pytestmark = pytest.mark.slow
 
 
-def run(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(workdir: Path, *args: str, check: bool = True, overlay: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     # --configfile takes several files: targets and other options go before it
-    proc = subprocess.run([*SNAKEMAKE, *args, "--directory", str(workdir), "--configfile", str(TINY)],
+    configs = [str(TINY)] + ([str(overlay)] if overlay else [])
+    proc = subprocess.run([*SNAKEMAKE, *args, "--directory", str(workdir), "--configfile", *configs],
                           capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
@@ -209,6 +210,34 @@ def test_resume_after_sigkill_gives_the_same_front(full_run, tmp_path):
     run(tmp_path, "--unlock")
     run(tmp_path, "stage1")
     pd.testing.assert_frame_equal(_front(tmp_path), _front(full_run))
+
+
+def test_a_search_timed_by_latency_times_its_front_again(tmp_path):
+    """stage1.cost latency_ms: each generation's retime job measures every front member again
+    (config_tiny: latency_measurements 2) and the population ranks it by the median."""
+    overlay = tmp_path / "timed.yaml"
+    overlay.write_text("stage1:\n  cost: latency_ms\n")
+    run(tmp_path, "results/stage1/gen1/population.parquet", overlay=overlay)
+    stage1 = tmp_path / "results/stage1"
+    retimed = [json.loads((stage1 / f"gen{g}/retimed.json").read_text()) for g in (0, 1)]
+    assert set(retimed[0]) <= set(retimed[1])  # the file carries every earlier generation's measurements
+    for g in (0, 1):
+        pop = pd.read_parquet(stage1 / f"gen{g}/population.parquet")
+        front = pop[pop["front_rank"] == 0]
+        assert len(front) and (front["latency_samples"] == 2).all()
+        for row in front.itertuples():
+            times = retimed[g][row.arch]
+            assert len(times) == 2 and row.latency_ms == pytest.approx(sum(times) / 2)
+            first = json.loads((stage1 / "candidates" / _hash(row.arch) / "latency.json").read_text())
+            assert times[0] == first["latency_ms"]  # the time rule's measurement comes first
+        rest = pop[(pop["front_rank"] > 0) & ~pop["arch"].isin(retimed[g])]
+        assert (rest["latency_samples"] == 1).all()
+
+
+def _hash(arch: str) -> str:
+    from smnas.models.spec import spec_hash
+
+    return spec_hash(arch)
 
 
 def test_lint_and_plans(tmp_path):

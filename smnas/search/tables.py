@@ -3,7 +3,8 @@
 Columns (the README documents them): arch (canonical spec string), stage, group (a stage-two
 search group, C0..; "" in stage one), generation, parent, init (how an SP-NAS candidate
 started: pretrained, inherited or reignited; "" elsewhere),
-status (ok / failed / pruned), reason, map, map50, latency_ms, gmacs, params, device,
+status (ok / failed / pruned), reason, map, map50, latency_ms (the median of latency_samples
+measurements: more than one for a front member, smnas/search/remeasure.py), gmacs, params, device,
 train_seconds, epochs, front_rank (0 = Pareto front; -1 = not ranked: failed or pruned),
 crowding (crowding distance within its front; inf at a front's ends).
 Objectives: maximise map, minimise the cost column (latency_ms in stage one, gmacs in stage two).
@@ -20,7 +21,7 @@ from smnas.io import atomic_path
 from smnas.search.pareto import crowding_distance, non_dominated_sort
 
 COLUMNS = ["arch", "stage", "group", "generation", "parent", "init", "status", "reason", "map", "map50", "map75", "maps", "mapm",
-           "mapl", "latency_ms", "gmacs", "params", "backbone_gmacs", "backbone_params", "device", "train_seconds",
+           "mapl", "latency_ms", "latency_samples", "gmacs", "params", "backbone_gmacs", "backbone_params", "device", "train_seconds",
            "epochs", "front_rank", "crowding"]
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from smnas.io import atomic_open
 from smnas.models.spec import DetectorSpec, parse_spec, spec_hash
+from smnas.search.remeasure import apply_samples
 from smnas.search.space import StageOneSpace, StageTwoSpace
 from smnas.search.tables import make_table, rank_population
 
@@ -114,9 +115,12 @@ def write_arch_files(table: pd.DataFrame, candidates_dir: str | Path) -> list[Pa
 
 
 def rank_generation(candidates: str | Path, metrics: list[str | Path], previous: list[str | Path],
-                    cost: str) -> pd.DataFrame:
+                    cost: str, samples: dict[str, list[float]] | None = None) -> pd.DataFrame:
     """Population after generation g: the previous population, this generation's evaluated
-    candidates (from their metrics.json) and its pruned ones, ranked into fronts."""
+    candidates (from their metrics.json) and its pruned ones, ranked into fronts.
+
+    ``samples``: the latency measurements of the architectures timed again (the retime job,
+    :mod:`smnas.search.remeasure`); their ``latency_ms`` becomes the median."""
     table = pd.read_parquet(candidates)
     meta = table.set_index("arch")
     rows = []
@@ -132,7 +136,7 @@ def rank_generation(candidates: str | Path, metrics: list[str | Path], previous:
     new = make_table(rows)
     frames = [pd.read_parquet(p) for p in previous] + [new]
     population = pd.concat([f for f in frames if len(f)], ignore_index=True)
-    return rank_population(population, cost)
+    return rank_population(apply_samples(population, samples or {}), cost)
 
 
 def union_front(fronts: list[pd.DataFrame], cost: str) -> pd.DataFrame:

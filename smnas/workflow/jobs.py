@@ -152,12 +152,45 @@ def groups(stage1_front: str, groups: str, space: dict[str, Any], stage1_cost: s
     write_table(table, groups)
 
 
-def rank(candidates: str, metrics: list[str], previous: list[str], population: str, cost: str) -> None:
-    """Everything evaluated up to this generation, ranked into Pareto fronts."""
+def rank(candidates: str, metrics: list[str], previous: list[str], population: str, cost: str,
+         retimed: str | list[str] | None = None) -> None:
+    """Everything evaluated up to this generation, ranked into Pareto fronts; ``retimed``: the
+    retime job's measurements of the front (when the cost is measured time)."""
+    import json
+
     from smnas.search.tables import write_table
     from smnas.workflow.generations import rank_generation
 
-    write_table(rank_generation(candidates, metrics, previous, cost), population)
+    samples = json.loads(Path(_one(retimed)).read_text()) if _one(retimed) else None
+    write_table(rank_generation(candidates, metrics, previous, cost, samples), population)
+
+
+def retime(candidates: str, metrics: list[str], previous: list[str], previous_retimed: str | list[str],
+           retimed: str, data: dict[str, str], options: dict[str, Any], runs: int, num_images: int,
+           measurements: int, candidates_dir: str) -> None:
+    """The front of this generation timed again until each member has ``measurements``
+    measurements (:func:`smnas.search.remeasure.remeasure_front`); writes every re-timed
+    architecture's measurements so far (``retimed.json``; the earlier generations' included)."""
+    import json
+
+    from smnas.engine.candidate import DataPaths, latency_images, load_model, measure_exclusive
+    from smnas.io import atomic_write_json
+    from smnas.models.spec import parse_spec, spec_hash
+    from smnas.search.remeasure import remeasure_front
+    from smnas.workflow.config import detector_options
+    from smnas.workflow.generations import rank_generation
+
+    paths, device = DataPaths(**data), options["device"]
+    samples = json.loads(Path(_one(previous_retimed)).read_text()) if _one(previous_retimed) else {}
+    population = rank_generation(candidates, metrics, previous, "latency_ms")
+    opts = detector_options(options, _num_classes(paths.train_json))
+    images = latency_images(paths, num_images)
+
+    def measure(arch: str) -> float:
+        model = load_model(parse_spec(arch), opts, Path(candidates_dir) / spec_hash(arch), device)
+        return measure_exclusive(model, images, device, runs, threads=1).median_ms
+
+    atomic_write_json(retimed, remeasure_front(population, samples, measure, measurements), indent=2)
 
 
 def front(populations: list[str], front: str, plot: str, cost: str, title: str) -> None:

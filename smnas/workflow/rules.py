@@ -48,6 +48,7 @@ JOBS: dict[str, Job] = {
     "time": Job("time", start_server=True),
     "evaluate": Job("evaluate", start_server=True),
     "rank": Job("rank"),
+    "retime": Job("retime", start_server=True),
     "front": Job("front"),
     "stage2_front": Job("union_front"),
     "inherit": Job("inherit", start_server=True),
