@@ -26,7 +26,7 @@ from smnas.engine.cost import detector_cost
 from smnas.engine.device_lock import DeviceLock
 from smnas.engine.distributed import dist_env
 from smnas.engine.inference import predict
-from smnas.engine.measure import Latency, measure_latency
+from smnas.engine.measure import measure_latency
 from smnas.engine.train import TrainConfig, train
 from smnas.evaluation import coco_evaluate, voc_map50, write_detections
 from smnas.io import atomic_path, atomic_write_json
@@ -174,22 +174,15 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
         out: dict[str, Any] = {"latency_ms": None, "device": ""}
     else:
         model = load_model(spec, opts, workdir, device)
-        start = time.time()
-        lat = measure_exclusive(model, latency_images(data, num_images), device, runs, threads)
-        span = [start, time.time()]  # Unix time, for bench/workflow.py
+        images = latency_images(data, num_images)
+        with DeviceLock(device).exclusive():  # no other smnas job computes on the device meanwhile
+            start = time.time()
+            lat = measure_latency(model, images, device=device, runs=runs, threads=threads)
+            span = [start, time.time()]  # Unix time, for bench/workflow.py
         out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs,
                "latency_images": lat.images, "device": lat.device, "spans": [span]}
     atomic_write_json(workdir / "latency.json", out, indent=2)
     return out
-
-
-def measure_exclusive(model: torch.nn.Module, images: list[torch.Tensor], device: str = "cpu", runs: int = 1,
-                      threads: int | None = 1) -> Latency:
-    """:func:`~smnas.engine.measure.measure_latency` while holding smnas's device lock
-    exclusively: no other smnas job computes on the device meanwhile (the time rule and the
-    re-timing of a search's front, :mod:`smnas.search.remeasure`)."""
-    with DeviceLock(device).exclusive():
-        return measure_latency(model, images, device=device, runs=runs, threads=threads)
 
 
 def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions, workdir: str | Path,

@@ -173,7 +173,9 @@ def retime(candidates: str, metrics: list[str], previous: list[str], previous_re
     architecture's measurements so far (``retimed.json``; the earlier generations' included)."""
     import json
 
-    from smnas.engine.candidate import DataPaths, latency_images, load_model, measure_exclusive
+    from smnas.engine.candidate import DataPaths, latency_images, load_model
+    from smnas.engine.device_lock import DeviceLock
+    from smnas.engine.measure import measure_latency
     from smnas.io import atomic_write_json
     from smnas.models.spec import parse_spec, spec_hash
     from smnas.search.remeasure import remeasure_front
@@ -188,9 +190,13 @@ def retime(candidates: str, metrics: list[str], previous: list[str], previous_re
 
     def measure(arch: str) -> float:
         model = load_model(parse_spec(arch), opts, Path(candidates_dir) / spec_hash(arch), device)
-        return measure_exclusive(model, images, device, runs, threads=1).median_ms
+        return measure_latency(model, images, device=device, runs=runs, threads=1).median_ms
 
-    atomic_write_json(retimed, remeasure_front(population, samples, measure, measurements), indent=2)
+    # The whole re-timing holds the device: loading the next model beside a measurement (another
+    # retime job's, say) slowed it 1.5x on 2 cores; it takes seconds.
+    with DeviceLock(device).exclusive():
+        samples = remeasure_front(population, samples, measure, measurements)
+    atomic_write_json(retimed, samples, indent=2)
 
 
 def front(populations: list[str], front: str, plot: str, cost: str, title: str) -> None:
