@@ -3,6 +3,7 @@
     .venv/bin/python bench/latency_noise.py --run /tmp/ev14/seed2            # 3 rounds
     .venv/bin/python bench/latency_noise.py --run RUN --rounds 5 --csv noise.csv
     .venv/bin/python bench/latency_noise.py --run RUN --passes 5     # latency_runs 5 against 1
+    .venv/bin/python bench/latency_noise.py --run RUN_A RUN_B        # two runs' searches, timed together
 
 Stage one ranks candidates by one latency measurement each (``latency_runs`` passes over the
 first ``latency_images`` val images, median forward), taken whenever its timing job ran. This
@@ -21,6 +22,10 @@ order each round, so a slow spell hits them all alike) and prints:
   rounds' medians, and each model's round-to-round spread;
 - with ``--passes N``, the same repeatability for measurements of N passes each (config
   ``latency_runs``), timed in the same rounds.
+
+With several ``--run`` folders (runs of one seed with different settings), the candidates of all
+of them are timed in the same rounds and each run's searches are named ``FOLDER:evolution``, so
+their fronts compare under one stopwatch; the first run's settings and images are used.
 """
 from __future__ import annotations
 
@@ -69,7 +74,8 @@ def short(arch: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="a bench/evidence.py seed folder (holding base.yaml and results/)")
+    p.add_argument("--run", type=Path, nargs="+", required=True,
+                   help="a bench/evidence.py seed folder (holding base.yaml and results/); several: timed together")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--csv", type=Path, default=None, help="also write the per-candidate table here")
     p.add_argument("--passes", type=int, default=None, metavar="N",
@@ -81,12 +87,18 @@ def main() -> None:
     from smnas.engine.candidate import DataPaths, latency_images
     from smnas.workflow.jobs import load_trained
 
-    res = args.run / "results"
-    cfg = yaml.safe_load((args.run / "base.yaml").read_text())
-    last = last_populations(res)
+    res = args.run[0] / "results"
+    cfg = yaml.safe_load((args.run[0] / "base.yaml").read_text())
+    last, folder = {}, {}  # search -> last population; arch -> the first run holding its model
+    for run in args.run:
+        for name, pop in last_populations(run / "results").items():
+            last[f"{run.name if len(set(r.name for r in args.run)) == len(args.run) else run}:{name}"
+                 if len(args.run) > 1 else name] = pop
+            for arch in pop["arch"]:
+                folder.setdefault(arch, run / "results" / "stage1" / "candidates")
     df = candidates(last)
     print(f"{len(df)} stage-one candidates; timing them {args.rounds} rounds side by side ...", flush=True)
-    models = {a: load_trained(res / "stage1" / "candidates" / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
+    models = {a: load_trained(folder[a] / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), cfg["latency_images"])
     more = {(a, args.passes): m for a, m in models.items()} if args.passes else {}
     timed = time_side_by_side(models | more, imgs, args.rounds, passes=dict.fromkeys(more, args.passes))
@@ -124,12 +136,13 @@ def main() -> None:
         print(f"between consecutive rounds with {args.passes} passes per measurement: "
               + ", ".join(f"{r:+.3f}" for r in many) + f" (1 pass: mean {np.mean(rounds):+.3f}, "
               f"{args.passes} passes: mean {np.mean(many):+.3f})")
-    for label, column in (("search-time", "latency_ms"), ("re-timed", "retimed_ms")):
-        latency = dict(zip(df["arch"], df[column]))
+    retimed = dict(zip(df["arch"], df["retimed_ms"]))
+    for label, pops in (("search-time", last),  # each search's own figures
+                        ("re-timed", {name: pop.assign(latency_ms=pop["arch"].map(retimed)) for name, pop in last.items()})):
+        bound = 1.1 * max(pop["latency_ms"].max() for pop in pops.values())
         print(f"\nby the {label} figures (reference point 1.1 x the largest of them):")
-        for name, pop in last.items():
-            front, hv = front_hypervolume(pop.assign(latency_ms=pop["arch"].map(latency)), "latency_ms",
-                                          1.1 * max(latency.values()))
+        for name, pop in pops.items():
+            front, hv = front_hypervolume(pop, "latency_ms", bound)
             print(f"  {name}: hypervolume {hv:.4f}, front {sorted(map(short, front['arch']))}")
 
 
