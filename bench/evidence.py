@@ -287,7 +287,7 @@ def seed_dirs(root: Path) -> list[Path]:
 
 
 # What --export keeps of a run: every table the analysis and bench/search_sim.py read, no weights or images
-EXPORTED = ("**/gen*/population.parquet", "**/gen*/candidates.parquet", "**/front.parquet", "**/groups.parquet",
+EXPORTED = ("**/gen*/population.parquet", "**/gen*/candidates.parquet", "**/gen*/retimed.json", "**/front.parquet", "**/groups.parquet",
             "final/*/metrics.json", "baselines/*/metrics.json", "agreement/*/metrics.json",
             "final/*/arch.txt", "baselines/*/arch.txt", "agreement/*/arch.txt")
 

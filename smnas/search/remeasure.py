@@ -4,9 +4,11 @@ windows until each has several measurements, and their latency becomes the media
 One latency measurement on a shared machine can land in a slow (or fast) window; when the cost is
 measured time, that one figure decides who is on the front and so which architectures the next
 generation mutates. On one 12-generation search (docs/evidence.md section 4), a candidate timed
-at 18.5 ms in its one window re-timed at 11.1 ms (the fastest of 69), and slower variants took its
-place on the front. Only the front steers the search, and re-timing costs seconds where training
-costs minutes, so the front's members are measured again, not every candidate.
+at 18.5 ms in its one window re-timed at 11.1 ms (the fastest of 69), and slower variants that had
+looked faster joined it on the front. Only the front steers the search, and re-timing costs
+seconds where training costs minutes, so the front's members are measured again, not every
+candidate. The noise belongs to the moment, not to the process (bench/latency_processes.py), so
+one job's passes are as good as several jobs'.
 
     samples = remeasure_front(population, samples, measure, measurements=3)   # the retime job
     population = apply_samples(population, samples)                           # the rank job
