@@ -6,7 +6,8 @@
     .venv/bin/python bench/latency_noise.py --run RUN_A RUN_B        # two runs' searches, timed together
 
 Stage one ranks candidates by one latency measurement each (``latency_runs`` passes over the
-first ``latency_images`` val images, median forward), taken whenever its timing job ran. This
+first ``latency_images`` val images, median forward), taken whenever its timing job ran; members
+of the front by the median of ``latency_measurements`` (the retime step). This
 bench loads every trained stage-one candidate of a ``bench/evidence.py`` run (both searches),
 times them all again in ``--rounds`` interleaved rounds (``time_side_by_side``: a new random
 order each round, so a slow spell hits them all alike) and prints:
