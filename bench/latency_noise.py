@@ -90,11 +90,13 @@ def main() -> None:
 
     res = args.run[0] / "results"
     cfg = yaml.safe_load((args.run[0] / "base.yaml").read_text())
+    # one run: its searches are "evolution", "random"; several: "FOLDER:evolution", ...
+    names = [r.name for r in args.run] if len({r.name for r in args.run}) == len(args.run) else map(str, args.run)
+    prefixes = [f"{n}:" for n in names] if len(args.run) > 1 else [""]
     last, folder = {}, {}  # search -> last population; arch -> the first run holding its model
-    for run in args.run:
+    for run, prefix in zip(args.run, prefixes):
         for name, pop in last_populations(run / "results").items():
-            last[f"{run.name if len(set(r.name for r in args.run)) == len(args.run) else run}:{name}"
-                 if len(args.run) > 1 else name] = pop
+            last[prefix + name] = pop
             for arch in pop["arch"]:
                 folder.setdefault(arch, run / "results" / "stage1" / "candidates")
     df = candidates(last)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from smnas.models.spec import spec_hash
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "config_tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2"]
@@ -228,16 +230,10 @@ def test_a_search_timed_by_latency_times_its_front_again(tmp_path):
         for row in front.itertuples():
             times = retimed[g][row.arch]
             assert len(times) == 2 and row.latency_ms == pytest.approx(sum(times) / 2)
-            first = json.loads((stage1 / "candidates" / _hash(row.arch) / "latency.json").read_text())
+            first = json.loads((stage1 / "candidates" / spec_hash(row.arch) / "latency.json").read_text())
             assert times[0] == first["latency_ms"]  # the time rule's measurement comes first
         rest = pop[(pop["front_rank"] > 0) & ~pop["arch"].isin(retimed[g])]
         assert (rest["latency_samples"] == 1).all()
-
-
-def _hash(arch: str) -> str:
-    from smnas.models.spec import spec_hash
-
-    return spec_hash(arch)
 
 
 def test_lint_and_plans(tmp_path):

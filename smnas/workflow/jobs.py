@@ -156,13 +156,17 @@ def rank(candidates: str, metrics: list[str], previous: list[str], population: s
          retimed: str | list[str] | None = None) -> None:
     """Everything evaluated up to this generation, ranked into Pareto fronts; ``retimed``: the
     retime job's measurements of the front (when the cost is measured time)."""
-    import json
-
     from smnas.search.tables import write_table
     from smnas.workflow.generations import rank_generation
 
-    samples = json.loads(Path(_one(retimed)).read_text()) if _one(retimed) else None
-    write_table(rank_generation(candidates, metrics, previous, cost, samples), population)
+    write_table(rank_generation(candidates, metrics, previous, cost, _read_samples(retimed)), population)
+
+
+def _read_samples(retimed: str | list[str] | None) -> dict[str, list[float]]:
+    """A retime job's ``retimed.json`` (architecture -> measurements in ms); {} where none."""
+    import json
+
+    return json.loads(Path(_one(retimed)).read_text()) if _one(retimed) else {}
 
 
 def retime(candidates: str, metrics: list[str], previous: list[str], previous_retimed: str | list[str],
@@ -171,8 +175,6 @@ def retime(candidates: str, metrics: list[str], previous: list[str], previous_re
     """The front of this generation timed again until each member has ``measurements``
     measurements (:func:`smnas.search.remeasure.remeasure_front`); writes every re-timed
     architecture's measurements so far (``retimed.json``; the earlier generations' included)."""
-    import json
-
     from smnas.engine.candidate import DataPaths, latency_images, load_model
     from smnas.engine.device_lock import DeviceLock
     from smnas.engine.measure import measure_latency
@@ -183,7 +185,7 @@ def retime(candidates: str, metrics: list[str], previous: list[str], previous_re
     from smnas.workflow.generations import rank_generation
 
     paths, device = DataPaths(**data), options["device"]
-    samples = json.loads(Path(_one(previous_retimed)).read_text()) if _one(previous_retimed) else {}
+    samples = _read_samples(previous_retimed)
     population = rank_generation(candidates, metrics, previous, "latency_ms")
     opts = detector_options(options, _num_classes(paths.train_json))
     images = latency_images(paths, num_images)
