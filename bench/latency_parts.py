@@ -25,6 +25,10 @@ whose backbone and neck cost nothing would still take ``fixed``). The hooks them
 microseconds each; ``total`` is measured with them in place, as are the parts. ``bench/evidence.py``
 re-times without hooks.
 
+Models are timed in the layout ``measure_latency`` uses on the CPU (channels-last weights);
+``--memory-formats contiguous channels_last`` times every model once per layout (``MODEL@layout``),
+the comparison behind that default.
+
 ``--test-proposals 64 32 16`` (before the other options or ``--``) times every model once per
 count (``MODEL@N``), each built with N RPN proposals per image at test time (pre-NMS candidates
 scaled alike) and scored again on the val split, since the count moves mAP too. The counts are
@@ -48,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from smnas.engine.candidate import DataPaths, latency_images  # noqa: E402
-from smnas.engine.measure import pinned_threads  # noqa: E402
+from smnas.engine.measure import MEMORY_FORMATS, default_memory_format, pinned_threads  # noqa: E402
 from smnas.workflow.jobs import load_trained  # noqa: E402
 
 # (column, path of the submodule in the detector); a missing path is skipped.
@@ -72,9 +76,10 @@ def _hook(module: torch.nn.Module, column: str, record: dict[str, float]) -> Non
     module.register_forward_hook(lambda *_: record.__setitem__(column, record[column] + time.perf_counter() - start.pop()))
 
 
-def load(folder: Path, detector: dict) -> tuple[torch.nn.Module, dict[str, float]]:
-    """The trained detector of ``folder`` with timing hooks; the dict they add seconds into."""
-    model = load_trained(folder, detector)
+def load(folder: Path, detector: dict, memory_format: str = "contiguous") -> tuple[torch.nn.Module, dict[str, float]]:
+    """The trained detector of ``folder``, its weights in ``memory_format``, with timing hooks; the
+    dict they add seconds into."""
+    model = load_trained(folder, detector).to(memory_format=MEMORY_FORMATS[memory_format])
     record: dict[str, float] = defaultdict(float)
     for column, path in PARTS:
         if (m := _submodule(model, path)) is not None:
@@ -153,6 +158,9 @@ def main() -> None:
     p.add_argument("--test-proposals", type=int, nargs="+", default=None, metavar="N",
                    help="each model with N RPN proposals per image at test time, for each N (default: the "
                         "config's, half its rpn_post_nms_top_n); the mAP is measured again")
+    p.add_argument("--memory-formats", nargs="+", choices=sorted(MEMORY_FORMATS), default=[default_memory_format("cpu")],
+                   help="time each model with its weights in each layout (default: measure_latency's on the CPU, "
+                        "channels_last)")
     args = p.parse_args()
     detector = yaml.safe_load(args.config.read_text())["detector"]
     data = args.data
@@ -168,9 +176,10 @@ def main() -> None:
             if not (folder / need).exists():
                 p.error(f"{folder}: no {need} (a trained model's folder is expected)")
         arch = (folder / "arch.txt").read_text().strip()
-        for n in args.test_proposals or [None]:
-            name = f"{folder.parent.name}/{folder.name}" + (f"@{n}" if n else "")
-            models[name] = load(folder, detector if n is None else with_test_proposals(detector, n))
+        for n, layout in ((n, f) for n in args.test_proposals or [None] for f in args.memory_formats):
+            name = (f"{folder.parent.name}/{folder.name}" + (f"@{n}" if n else "")
+                    + (f"@{layout}" if len(args.memory_formats) > 1 else ""))
+            models[name] = load(folder, detector if n is None else with_test_proposals(detector, n), layout)
             if n is not None:
                 labels[name] = (score(models[name][0]), arch)
             else:
@@ -184,7 +193,7 @@ def main() -> None:
             "box_head", "dense", "other", "fixed"]
     cols = [c for c in cols if c in table.columns]
     print(f"per-image median ms, batch 1, one thread, {args.rounds} rounds x {len(images)} images, "
-          f"{torch.get_num_threads()} threads available")
+          f"{torch.get_num_threads()} threads available, weights {' / '.join(args.memory_formats)}")
     shown = table[cols].fillna(0.0).assign(mAP=[f"{m:.4f}" if m is not None and m == m else "" for m in table["mAP"]])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for name, (_, arch) in labels.items():

@@ -73,7 +73,9 @@ def test_time_candidate_times_the_first_val_images_with_the_device_alone(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(images, latency_images(DATA, 2))) and len(images) == 2
     assert kwargs == {"device": "cpu", "runs": 2, "threads": 1}
     assert json.loads((tmp_path / "latency.json").read_text()) == out
-    assert set(out) == {"latency_ms", "latency_mean_ms", "latency_runs", "latency_images", "device", "spans"}
+    assert set(out) == {"latency_ms", "latency_mean_ms", "latency_runs", "latency_images", "device", "memory_format",
+                        "spans"}
+    assert out["memory_format"] == "channels_last"  # the CPU's layout
     assert (out["latency_images"], out["latency_runs"]) == (2, 2)
     assert out["latency_ms"] > 0 and out["latency_mean_ms"] > 0 and out["device"].startswith("cpu: ")
     (start, end), = out["spans"]

@@ -105,3 +105,49 @@ def test_latency_rejects_no_images_and_no_runs():
         measure_latency(_Scripted([]), [])
     with pytest.raises(ValueError, match="runs must be >= 1"):
         measure_latency(_Scripted([]), _images(1), runs=0)
+
+
+class _Layout(nn.Module):
+    """A conv model that records whether its weight is channels-last at each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.layouts = []
+
+    def forward(self, images):
+        self.layouts.append(self.conv.weight.is_contiguous(memory_format=torch.channels_last)
+                            and not self.conv.weight.is_contiguous())
+        return [{}]
+
+
+def test_cpu_latency_times_channels_last_weights_and_leaves_them_contiguous():
+    model = _Layout()
+    lat = measure_latency(model, _images(2), warmup=1, runs=1)
+    assert model.layouts == [True] * 3 and lat.memory_format == "channels_last"
+    assert model.conv.weight.is_contiguous()  # as built and saved, after timing
+    model.layouts.clear()
+    lat = measure_latency(model, _images(2), warmup=0, runs=1, memory_format="contiguous")
+    assert model.layouts == [False] * 2 and lat.memory_format == "contiguous"
+    with pytest.raises(ValueError, match="memory_format must be one of .*'nhwc'"):
+        measure_latency(model, _images(1), memory_format="nhwc")
+
+
+def test_a_detector_detects_the_same_in_either_layout():
+    from smnas.models.build import DetectorOptions, build_detector
+    from smnas.models.spec import parse_spec
+
+    torch.manual_seed(0)
+    model = build_detector(parse_spec("resnet18@0.25+fpn:P2-P5:c16+rpn+2fc:64+64x48+bn"),
+                           DetectorOptions(num_classes=3)).eval()
+    images = noise_images((64, 48), 2)
+    with torch.inference_mode():
+        before = model(images)
+        with measure.memory_layout(model, "channels_last"):
+            assert model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+            after = model(images)
+    assert model.backbone.body.conv1.weight.is_contiguous()
+    for a, b in zip(before, after):
+        assert len(a["boxes"]) > 0 and torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-4)

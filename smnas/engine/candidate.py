@@ -166,8 +166,9 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
 
     Returns:
         What ``latency.json`` holds: ``latency_ms`` (median per-image forward; None when training
-        failed), ``latency_mean_ms``, ``latency_runs``, ``latency_images``, ``device`` and
-        ``spans`` (Unix times of the measured window).
+        failed), ``latency_mean_ms``, ``latency_runs``, ``latency_images``, ``device``,
+        ``memory_format`` (the weights' layout while timed) and ``spans`` (Unix times of the
+        measured window).
     """
     workdir = Path(workdir)
     if _train_status(workdir)["status"] != "ok":
@@ -180,7 +181,8 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
             lat = measure_latency(model, images, device=device, runs=runs, threads=threads)
             span = [start, time.time()]  # Unix time, for bench/workflow.py
         out = {"latency_ms": lat.median_ms, "latency_mean_ms": lat.mean_ms, "latency_runs": lat.runs,
-               "latency_images": lat.images, "device": lat.device, "spans": [span]}
+               "latency_images": lat.images, "device": lat.device, "memory_format": lat.memory_format,
+               "spans": [span]}
     atomic_write_json(workdir / "latency.json", out, indent=2)
     return out
 

@@ -9,6 +9,15 @@ to the odd scheduler hiccup) beside the mean. CUDA-synchronised on a GPU, a pinn
 on the CPU. The device's name is recorded with the figure, because a latency means nothing
 without it.
 
+On the CPU the model is timed with its 4-d weights in channels-last memory order
+(:func:`memory_layout`), the faster layout for every detector of our spaces measured so far: at
+the laptop scale's 16-128 channels PyTorch runs most convolutions on its fallback kernel, which
+is 2-3x quicker over channels-last tensors, and the stem's max-pooling 7x quicker; untrained
+models of both stage-one and baseline shapes took 1.0-1.2x less time, never more
+(``bench/latency_parts.py --memory-formats``, docs/evidence.md section 7). A deployment gets the
+same speed with ``model.to(memory_format=torch.channels_last)``. On CUDA the model is timed as
+built (contiguous), a layout not yet compared there.
+
 MACs come from ``torch.utils.flop_counter.FlopCounterMode``, which counts FLOPs of matmul and
 convolution ops as 2 x multiply-accumulates; we report MACs (FLOPs / 2), the convention of the
 ResNet and SM-NAS papers (ResNet-50 at 224x224 ~ 4.1 GMACs).
@@ -37,6 +46,7 @@ class Latency:
     runs: int  # passes over the images; len(images) * runs forwards were timed
     images: int  # distinct images timed
     device: str  # e.g. "cpu: AMD EPYC 7B13 (2 threads)" or "cuda: NVIDIA H100 80GB HBM3"
+    memory_format: str  # the weights' layout while timed: "channels_last" or "contiguous"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +98,34 @@ def noise_images(input_size: tuple[int, int], n: int = 1) -> list[torch.Tensor]:
     return [torch.rand(3, height, width, generator=gen) for _ in range(n)]
 
 
+MEMORY_FORMATS: dict[str, torch.memory_format] = {
+    "channels_last": torch.channels_last,
+    "contiguous": torch.contiguous_format,
+}
+
+
+def default_memory_format(device: str | torch.device) -> str:
+    """The layout a model is timed in on ``device``: channels_last on the CPU, contiguous elsewhere."""
+    return "channels_last" if torch.device(device).type == "cpu" else "contiguous"
+
+
+@contextlib.contextmanager
+def memory_layout(model: nn.Module, memory_format: str) -> Iterator[nn.Module]:
+    """``model`` with its 4-d parameters and buffers in ``memory_format`` inside the block, and
+    contiguous again after it (the layout the builders, the trainer and ``model.pt`` use).
+
+    Raises:
+        ValueError: ``memory_format`` is not a key of :data:`MEMORY_FORMATS`.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {sorted(MEMORY_FORMATS)}, got {memory_format!r}")
+    model.to(memory_format=MEMORY_FORMATS[memory_format])
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
@@ -96,6 +134,7 @@ def measure_latency(
     warmup: int = 3,
     runs: int = 1,
     threads: int | None = 1,
+    memory_format: str | None = None,
 ) -> Latency:
     """Wall time of one forward pass at batch 1, over the given images.
 
@@ -110,21 +149,24 @@ def measure_latency(
         runs: passes over ``images``; each pass times every image once, in order, so
             ``len(images) * runs`` forwards are timed.
         threads: CPU intra-op threads during timing (pinned so figures compare); ignored on CUDA.
+        memory_format: the weights' layout while timed (a key of :data:`MEMORY_FORMATS`; default
+            :func:`default_memory_format`); the model is contiguous again afterwards.
 
     Returns:
         A Latency with the median, mean and min of the per-image forward times in milliseconds,
-        the runs, the image count and the device's name.
+        the runs, the image count, the device's name and the layout.
     """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     if not images:
         raise ValueError("measure_latency needs at least one image")
     device = torch.device(device)
+    layout = memory_format or default_memory_format(device)
     model = model.to(device).eval()
     images = [im.to(device) for im in images]  # (3, H, W) each; the copy is not part of inference
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
-    with pinned_threads(threads if device.type == "cpu" else None):
+    with pinned_threads(threads if device.type == "cpu" else None), memory_layout(model, layout):
         for i in range(warmup):
             model([images[i % len(images)]])
         for _ in range(runs):
@@ -135,7 +177,7 @@ def measure_latency(
                 sync()
                 times.append((time.perf_counter() - t0) * 1000.0)
         name = device_name(device, threads if device.type == "cpu" else None)
-    return Latency(statistics.median(times), statistics.fmean(times), min(times), runs, len(images), name)
+    return Latency(statistics.median(times), statistics.fmean(times), min(times), runs, len(images), name, layout)
 
 
 def count_params(module: nn.Module) -> int:
