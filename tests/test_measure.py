@@ -90,7 +90,20 @@ def test_cpu_latency_pins_threads_names_the_device_and_never_syncs_cuda(monkeypa
     lat = measure_latency(model, noise_images((64, 48), 2), device="cpu", warmup=1, runs=1, threads=2)
     assert model.threads == [2, 2, 2] and torch.get_num_threads() == before
     assert lat.device.startswith("cpu: ") and lat.device.endswith("(2 threads)")
+    assert f", {torch.backends.cpu.get_cpu_capability()}" in lat.device
     assert [tuple(x.shape) for x in model.seen] == [(3, 48, 64)] * 3
+
+
+def test_the_cpu_name_says_when_onednn_is_capped(monkeypatch):
+    from smnas.engine.measure import cpu_isa
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu_isa() == isa
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert cpu_isa() == f"{isa}, oneDNN AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert cpu_isa() == isa
 
 
 def test_noise_images_are_seeded_and_of_the_asked_size():

@@ -25,6 +25,7 @@ ResNet and SM-NAS papers (ResNet-50 at 224x224 ~ 4.1 GMACs).
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -45,15 +46,29 @@ class Latency:
     min_ms: float
     runs: int  # passes over the images; len(images) * runs forwards were timed
     images: int  # distinct images timed
-    device: str  # e.g. "cpu: AMD EPYC 7B13 (2 threads)" or "cuda: NVIDIA H100 80GB HBM3"
+    device: str  # e.g. "cpu: AMD EPYC 7B13, AVX2 (2 threads)" or "cuda: NVIDIA H100 80GB HBM3"
     memory_format: str  # the weights' layout while timed: "channels_last" or "contiguous"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def cpu_isa() -> str:
+    """The vector instruction set PyTorch's CPU kernels use here, e.g. ``"AVX512"``, and oneDNN's
+    cap when ``ONEDNN_MAX_CPU_ISA`` sets one (e.g. ``"AVX512, oneDNN AVX2"``).
+
+    Part of a CPU's name because it changes results, not only speed: the same run, seed and
+    versions trained Faster R-CNN R18-FPN to COCO mAP 0.307 on an AVX-512 machine and 0.278 with
+    oneDNN capped at AVX2 (its convolutions round differently; docs/evidence.md section 8).
+    """
+    isa = torch.backends.cpu.get_cpu_capability()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{isa}, oneDNN {cap.upper()}" if cap and cap.upper() != "ALL" else isa
+
+
 def device_name(device: torch.device, threads: int | None = None) -> str:
-    """A human-readable name of ``device`` to store beside every latency."""
+    """A human-readable name of ``device`` to store beside every latency (on the CPU with
+    :func:`cpu_isa`)."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     cpu = platform.processor() or platform.machine()
@@ -65,7 +80,7 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
                     break
     except OSError:
         pass
-    return f"cpu: {cpu} ({threads or torch.get_num_threads()} threads)"
+    return f"cpu: {cpu}, {cpu_isa()} ({threads or torch.get_num_threads()} threads)"
 
 
 @contextlib.contextmanager
