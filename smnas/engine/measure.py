@@ -54,8 +54,9 @@ class Latency:
 
 
 def cpu_isa() -> str:
-    """The vector instruction set PyTorch's CPU kernels use here, e.g. ``"AVX512"``, and oneDNN's
-    cap when ``ONEDNN_MAX_CPU_ISA`` sets one (e.g. ``"AVX512, oneDNN AVX2"``).
+    """The vector instruction set PyTorch's CPU kernels use here, e.g. ``"AVX512"`` (lowered by
+    ``ATEN_CPU_CAPABILITY``), and oneDNN's cap when ``ONEDNN_MAX_CPU_ISA`` sets one (e.g.
+    ``"AVX512, oneDNN AVX2"``).
 
     Part of a CPU's name because it changes results, not only speed: the same run, seed and
     versions trained Faster R-CNN R18-FPN to COCO mAP 0.307 on an AVX-512 machine and 0.278 with
