@@ -144,6 +144,22 @@ def test_pick_structures_spreads_along_the_front():
         pick_structures(df.assign(status="failed"), 2)
 
 
+def test_pick_structures_by_hypervolume_leaves_out_a_cheap_end_that_buys_little():
+    # s18's stage-one front: a RetinaNet 0.27 mAP worse for 0.75 ms less than the 2FC model
+    maps, ms = [0.102, 0.369, 0.376, 0.393, 0.414], [6.16, 6.91, 13.44, 14.93, 16.16]
+    df = pd.DataFrame({"arch": [str(s) for s in SPACE1.sample(5, seed=1)], "status": "ok", "map": maps,
+                       "latency_ms": ms, "front_rank": 0})
+    by_ms = df.sort_values("latency_ms")["arch"].tolist()
+    assert [str(s) for s in pick_structures(df, 3)] == [by_ms[0], by_ms[2], by_ms[4]]
+    assert [str(s) for s in pick_structures(df, 3, how="hypervolume")] == [by_ms[0], by_ms[1], by_ms[4]]
+    assert [str(s) for s in pick_structures(df, 1, how="hypervolume")] == [by_ms[1]]  # alone it holds most
+    assert len(pick_structures(df, 5, how="hypervolume")) == 5
+    with pytest.raises(SmnasError, match="no column 'map'"):
+        pick_structures(df.drop(columns="map"), 2, how="hypervolume")
+    with pytest.raises(SmnasError, match="how must be"):
+        pick_structures(df, 2, how="knee")
+
+
 def test_initial_generation_stage2_seeds_then_mutants():
     df = pd.DataFrame({"arch": ["resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+128x96+gnws",
                                 "resnet50@0.25+fpn:P1-P5:c32+rpn+cascade3:256+160x120+gnws",
@@ -203,6 +219,9 @@ def test_stage2_space_from_dict():
         StageTwoSpace.from_dict({"min_blocks": 30, "max_blocks": 20}, "cfg.yaml stage2.space")
     with pytest.raises(SmnasError, match="^config stage2.space: stage two: norm 'gn'"):
         StageTwoSpace.from_dict({"norm": "gn"})
+    assert StageTwoSpace.from_dict({}).pick == "spread" and StageTwoSpace.from_dict({"pick": "hypervolume"}).pick == "hypervolume"
+    with pytest.raises(SmnasError, match="^config stage2.space: stage two: pick 'knee' is not one of spread, hypervolume"):
+        StageTwoSpace.from_dict({"pick": "knee"})
     assert StageTwoSpace.paper().fpn_channels == (128, 256, 512) and StageTwoSpace.paper().base_channels == (48, 56, 64, 72)
 
 

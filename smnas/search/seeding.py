@@ -22,15 +22,24 @@ from smnas.models.spec import BackboneSpec, DetectorSpec, parse_spec
 from smnas.search.space import StageTwoSpace
 
 
-def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms") -> list[DetectorSpec]:
-    """``k`` distinct structures spread evenly along the stage-one front, cheapest to dearest.
+def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms", how: str = "spread") -> list[DetectorSpec]:
+    """``k`` distinct structures from the stage-one front, cheapest to dearest.
+
+    ``how="spread"`` takes them at evenly spaced positions of the front sorted by cost, its two
+    ends included (the paper's C0..C5 span its front). ``how="hypervolume"`` adds, one at a
+    time, the member that adds most hypervolume to those taken (objectives -mAP and cost divided
+    by 1.1 x the front's largest, reference point (0, 1), as bench/evidence.py scores a search):
+    an end of the front that buys little cost for much mAP is then left out (docs/evidence.md
+    section 3, ``docs/runs/s18-seed2-channels-last``).
 
     Args:
-        front_df: a ranked stage-one table (columns arch, ``cost``; front_rank and status are
-            used when present: only ``ok`` rows, front 0 first). When the front has fewer than
-            ``k`` members, the next fronts fill in, best rank then cheapest first.
+        front_df: a ranked stage-one table (columns arch, ``cost``, and map for ``hypervolume``;
+            front_rank and status are used when present: only ``ok`` rows, front 0 first). When
+            the front has fewer than ``k`` members, the next fronts fill in, best rank then
+            cheapest first.
         k: how many structures (the paper took 6).
         cost: the cost column to sort by.
+        how: ``"spread"`` or ``"hypervolume"``.
 
     Returns:
         Up to ``k`` specs, sorted by cost (fewer only if the table has fewer distinct archs).
@@ -38,7 +47,9 @@ def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms") ->
     Raises:
         SmnasError: a column is missing, or no row is ok and ranked.
     """
-    for col in ("arch", cost):
+    if how not in ("spread", "hypervolume"):
+        raise SmnasError(f"pick_structures: how must be 'spread' or 'hypervolume', got {how!r}")
+    for col in ("arch", cost) + (("map",) if how == "hypervolume" else ()):
         if col not in front_df:
             raise SmnasError(f"stage-one table has no column {col!r} (columns: {list(front_df.columns)})")
     df = front_df
@@ -53,11 +64,26 @@ def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms") ->
     front = df[df["_rank"] == df["_rank"].min()]
     if len(front) < k:
         chosen = df.head(k)
+    elif how == "hypervolume":
+        chosen = front.iloc[_hypervolume_picks(front["map"].to_numpy(float), front[cost].to_numpy(float), k)]
     else:
         # floor(x + 0.5) of points >= 1 apart stays strictly increasing (round() would not: 1.5, 2.5)
         idx = np.floor(np.linspace(0, len(front) - 1, k) + 0.5).astype(int)
         chosen = front.iloc[idx]
     return [parse_spec(a) for a in chosen.sort_values([cost, "arch"])["arch"]]
+
+
+def _hypervolume_picks(accuracy: np.ndarray, cost: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` points chosen greedily by the hypervolume each adds (ties: the cheaper)."""
+    from pymoo.indicators.hv import HV
+
+    points = np.c_[-accuracy, cost / (1.1 * cost.max())]
+    hv = HV(ref_point=np.array([0.0, 1.0]))
+    chosen: list[int] = []
+    for _ in range(k):
+        rest = [i for i in range(len(points)) if i not in chosen]
+        chosen.append(max(rest, key=lambda i: (hv(points[chosen + [i]]), -cost[i])))
+    return chosen
 
 
 def family_encoding(backbone: BackboneSpec) -> Encoding:
@@ -123,7 +149,8 @@ def seed_spec(structure: DetectorSpec, space2: StageTwoSpace) -> DetectorSpec:
 
 
 def stage2_groups(front_df: pd.DataFrame, space2: StageTwoSpace, cost: str = "latency_ms") -> pd.DataFrame:
-    """The stage-two groups: structures spread along the stage-one front, one search each.
+    """The stage-two groups: structures picked along the stage-one front (``space2.pick``), one
+    search each.
 
     The paper takes six structures C0..C5 from the stage-one front and searches each as its own
     group, with its own population, front and pruning. Structures whose seeds coincide (they
@@ -139,7 +166,7 @@ def stage2_groups(front_df: pd.DataFrame, space2: StageTwoSpace, cost: str = "la
         seed (its stage-two seed spec).
     """
     rows: list[dict[str, str]] = []
-    for structure in pick_structures(front_df, space2.structures, cost):
+    for structure in pick_structures(front_df, space2.structures, cost, space2.pick):
         seed = str(seed_spec(structure, space2))
         if seed not in {r["seed"] for r in rows}:
             rows.append({"group": f"C{len(rows)}", "structure": str(structure), "seed": seed})

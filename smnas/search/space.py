@@ -121,6 +121,9 @@ def load_space(path: str | Path | None = None) -> StageOneSpace:
     return space_from_dict(block, str(path))
 
 
+STRUCTURE_PICKS = ("spread", "hypervolume")  # smnas.search.seeding.pick_structures
+
+
 @dataclass(frozen=True)
 class StageTwoSpace:
     """Choices of stage two. Defaults: the laptop space; :meth:`paper` gives the paper's."""
@@ -129,6 +132,7 @@ class StageTwoSpace:
     bounds: EncodingBounds = field(default_factory=EncodingBounds.laptop)
     norm: str = "gnws"  # the paper trains stage two from scratch (no ImageNet weights for new backbones)
     structures: int = 6  # stage-one front structures to search inside (the paper's C0..C5)
+    pick: str = "spread"  # how they are picked: evenly along the front, or by hypervolume added
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fpn_channels", tuple(int(c) for c in self.fpn_channels))
@@ -138,6 +142,8 @@ class StageTwoSpace:
             raise SpecError(f"stage two: structures must be an integer >= 1, got {self.structures!r}")
         if self.norm not in NORMS:
             raise SpecError(f"stage two: norm {self.norm!r} is not one of {', '.join(NORMS)}")
+        if self.pick not in STRUCTURE_PICKS:
+            raise SpecError(f"stage two: pick {self.pick!r} is not one of {', '.join(STRUCTURE_PICKS)}")
 
     @property
     def base_channels(self) -> tuple[int, ...]:
@@ -156,11 +162,11 @@ class StageTwoSpace:
         """From a config's ``stage2.space`` (or ``spnas.space``) mapping, named by ``source`` in
         errors; missing keys take the laptop defaults.
 
-        Keys: ``fpn_channels``, ``norm``, ``structures`` and the fields of EncodingBounds
+        Keys: ``fpn_channels``, ``norm``, ``structures``, ``pick`` and the fields of EncodingBounds
         (``base_channels``, ``min_blocks``, ``max_blocks``, ``min_stage_blocks``,
         ``max_stage_blocks``, ``num_stages``, ``min_doublings``, ``max_doublings``).
         """
-        own = {"fpn_channels", "norm", "structures"}
+        own = {"fpn_channels", "norm", "structures", "pick"}
         bound_keys = set(EncodingBounds.__dataclass_fields__)
         unknown = set(d) - own - bound_keys
         if unknown:
