@@ -18,6 +18,8 @@ checkpoint final_arch:
         picks=config["final"]["from_front"],
         cost=config["spnas"]["cost"] if config.get("modular_method") == "spnas" else config["stage2"]["cost"],
         paper_input_size=config["final"].get("paper_input_size"),
+        # only when set, so that runs from before the option do not rerun for a new param
+        **({"pick": config["final"]["pick"]} if "pick" in config["final"] else {}),
     log:
         "results/logs/final/{name}/arch.log",
     localrule: True

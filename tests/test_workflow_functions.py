@@ -81,6 +81,20 @@ def test_front_picks_span_the_front_by_cost():
         front_picks(FRONT, 6, "backbone_gmacs")
 
 
+def test_front_picks_by_hypervolume_leave_out_a_cheap_end_that_buys_little():
+    # s18's stage-two front in miniature: a weak cheap end (a RetinaNet at 0.10) just below a
+    # strong model (the 2FC one at 0.36); evenly spread picks take the weak end
+    front = FRONT.assign(map=[0.10, 0.36, 0.37, 0.40, 0.417], backbone_gmacs=[1.0, 1.2, 2.0, 3.0, 4.0])
+    archs = front["arch"].tolist()
+    assert front_picks(front, 2, "backbone_gmacs") == [archs[4], archs[0]]
+    assert front_picks(front, 2, "backbone_gmacs", "hypervolume") == [archs[3], archs[1]]  # dearest first
+    assert front_picks(front, 1, "backbone_gmacs", "hypervolume") == [archs[1]]  # alone it holds most
+    assert sorted(front_picks(front, 5, "backbone_gmacs", "hypervolume")) == sorted(archs)
+    assert str(final_arch("front1", front, 2, "backbone_gmacs", how="hypervolume")) == archs[1].replace("+gnws", "+bn")
+    with pytest.raises(SmnasError, match="pick must be one of spread, hypervolume, got 'knee'"):
+        front_picks(front, 2, "backbone_gmacs", "knee")
+
+
 def test_final_arch_switches_to_bn_and_overrides_paper_size():
     assert str(final_arch("front0", FRONT, 2, "backbone_gmacs")) == FRONT["arch"][4].replace("+gnws", "+bn")
     assert str(final_arch("front1", FRONT, 2, "backbone_gmacs")) == FRONT["arch"][0].replace("+gnws", "+bn")

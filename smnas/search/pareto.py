@@ -82,3 +82,30 @@ def hypervolume(F: np.ndarray, ref: np.ndarray | list[float]) -> float:
         raise ValueError(f"reference point has shape {ref.shape}, F has {F.shape[1]} objectives")
     inside = F[(F < ref).all(axis=1)]
     return float(HV(ref_point=ref)(inside)) if len(inside) else 0.0
+
+
+def hypervolume_picks(accuracy: np.ndarray, cost: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` points, chosen one at a time by the hypervolume each adds to those taken.
+
+    Objectives are -accuracy and cost divided by 1.1 x the largest cost, reference point (0, 1),
+    as ``bench/evidence.py`` scores a search; ties go to the cheaper point. A front's end that buys
+    little cost for much accuracy is left out, where evenly spread picks would take it.
+
+    Args:
+        accuracy: (N,) accuracy per point (higher is better), e.g. mAP.
+        cost: (N,) positive cost per point.
+        k: how many picks (at most N).
+
+    Returns:
+        ``k`` distinct indices in the order they were taken.
+    """
+    accuracy, cost = np.asarray(accuracy, dtype=float), np.asarray(cost, dtype=float)
+    if not 0 < k <= len(accuracy) or accuracy.shape != cost.shape:
+        raise ValueError(f"hypervolume_picks: {k} picks from {len(accuracy)} accuracies and {len(cost)} costs")
+    points = np.c_[-accuracy, cost / (1.1 * cost.max())]
+    hv = HV(ref_point=np.array([0.0, 1.0]))
+    chosen: list[int] = []
+    for _ in range(k):
+        rest = [i for i in range(len(points)) if i not in chosen]
+        chosen.append(max(rest, key=lambda i: (hv(points[chosen + [i]]), -cost[i])))
+    return chosen

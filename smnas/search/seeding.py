@@ -19,6 +19,7 @@ from smnas.errors import SmnasError, SpecError
 from smnas.models.encoding import Encoding, EncodingBounds, check_encoding, parse_encoding
 from smnas.models.registry import named_encoding
 from smnas.models.spec import BackboneSpec, DetectorSpec, parse_spec
+from smnas.search.pareto import hypervolume_picks
 from smnas.search.space import StageTwoSpace
 
 
@@ -65,25 +66,12 @@ def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms", ho
     if len(front) < k:
         chosen = df.head(k)
     elif how == "hypervolume":
-        chosen = front.iloc[_hypervolume_picks(front["map"].to_numpy(float), front[cost].to_numpy(float), k)]
+        chosen = front.iloc[hypervolume_picks(front["map"].to_numpy(float), front[cost].to_numpy(float), k)]
     else:
         # floor(x + 0.5) of points >= 1 apart stays strictly increasing (round() would not: 1.5, 2.5)
         idx = np.floor(np.linspace(0, len(front) - 1, k) + 0.5).astype(int)
         chosen = front.iloc[idx]
     return [parse_spec(a) for a in chosen.sort_values([cost, "arch"])["arch"]]
-
-
-def _hypervolume_picks(accuracy: np.ndarray, cost: np.ndarray, k: int) -> list[int]:
-    """Indices of ``k`` points chosen greedily by the hypervolume each adds (ties: the cheaper)."""
-    from pymoo.indicators.hv import HV
-
-    points = np.c_[-accuracy, cost / (1.1 * cost.max())]
-    hv = HV(ref_point=np.array([0.0, 1.0]))
-    chosen: list[int] = []
-    for _ in range(k):
-        rest = [i for i in range(len(points)) if i not in chosen]
-        chosen.append(max(rest, key=lambda i: (hv(points[chosen + [i]]), -cost[i])))
-    return chosen
 
 
 def family_encoding(backbone: BackboneSpec) -> Encoding:

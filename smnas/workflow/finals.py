@@ -1,8 +1,9 @@
 """Which architectures the final and transfer targets train.
 
-``front{i}`` are ``k`` models spread along the stage-two front by cost (``front0`` the most
-accurate, ``front{k-1}`` the cheapest, evenly between), as the paper's E0..E5 span its front
-from fastest to most accurate; ``E0``..``E5`` are the paper's own models. All switch GN+WS back
+``front{i}`` are ``k`` models of the stage-two front, most accurate first: spread along it by
+cost (``front0`` the most accurate, ``front{k-1}`` the cheapest, evenly between), as the paper's
+E0..E5 span its front from fastest to most accurate, or (config ``final.pick: hypervolume``) the
+``k`` that add most hypervolume; ``E0``..``E5`` are the paper's own models. All switch GN+WS back
 to BatchNorm for speed (SM-NAS, Yao et al., AAAI 2020, Sec. 4).
 """
 from __future__ import annotations
@@ -12,6 +13,9 @@ import pandas as pd
 
 from smnas.errors import SmnasError
 from smnas.models.spec import DetectorSpec, parse_spec
+from smnas.search.pareto import hypervolume_picks
+
+FINAL_PICKS = ("spread", "hypervolume")  # config final.pick
 
 
 def evaluated_front(front: pd.DataFrame, cost: str) -> pd.DataFrame:
@@ -24,27 +28,37 @@ def evaluated_front(front: pd.DataFrame, cost: str) -> pd.DataFrame:
     return ok.drop_duplicates("arch").sort_values([cost, "map", "arch"], ascending=[False, False, True])
 
 
-def front_picks(front: pd.DataFrame, k: int, cost: str) -> list[str]:
-    """``k`` archs spread along a front, most accurate first, cheapest last.
+def front_picks(front: pd.DataFrame, k: int, cost: str, how: str = "spread") -> list[str]:
+    """``k`` archs of a front, most accurate (dearest) first.
 
     Args:
         front: the front's rows (columns arch, map, ``cost``); rows that failed are skipped.
         k: how many picks (at most the front's size).
         cost: the cost column the front was ranked by.
+        how: ``"spread"``: with the front sorted by cost, the picks sit at evenly spaced
+            positions from its dearest (the most accurate on a front) to its cheapest member.
+            ``"hypervolume"``: the ``k`` members that add most hypervolume, taken one at a time
+            (:func:`smnas.search.pareto.hypervolume_picks`): an end of the front that saves
+            little cost for much mAP, such as a weak RetinaNet, is left out
+            (docs/evidence.md section 3).
 
     Returns:
-        Distinct archs: with the front sorted by cost, the picks sit at evenly spaced positions
-        from its dearest (the most accurate on a front) to its cheapest member.
+        Distinct archs, dearest first.
     """
+    if how not in FINAL_PICKS:
+        raise SmnasError(f"final models: pick must be one of {', '.join(FINAL_PICKS)}, got {how!r}")
     ok = evaluated_front(front, cost)
     if k > len(ok):
         raise SmnasError(f"final models: {k} picks asked from a front of {len(ok)} evaluated models")
-    idx = np.floor(np.linspace(0, len(ok) - 1, k) + 0.5).astype(int) if k > 1 else np.zeros(1, dtype=int)
+    if how == "hypervolume":
+        idx = np.sort(hypervolume_picks(ok["map"].to_numpy(float), ok[cost].to_numpy(float), k))
+    else:
+        idx = np.floor(np.linspace(0, len(ok) - 1, k) + 0.5).astype(int) if k > 1 else np.zeros(1, dtype=int)
     return ok["arch"].iloc[idx].tolist()
 
 
 def final_arch(name: str, front: pd.DataFrame | None, picks: int, cost: str,
-               paper_input_size: tuple[int, int] | None = None) -> DetectorSpec:
+               paper_input_size: tuple[int, int] | None = None, how: str = "spread") -> DetectorSpec:
     """The architecture of final model ``name``, in BatchNorm.
 
     Args:
@@ -53,6 +67,7 @@ def final_arch(name: str, front: pd.DataFrame | None, picks: int, cost: str,
         picks: how many models the final target takes from the front (config final.from_front).
         cost: the stage-two cost column.
         paper_input_size: a laptop override of the paper models' input size (width, height).
+        how: how the front's picks are made (config final.pick, :func:`front_picks`).
     """
     from smnas.models.paper import PAPER_MODELS
 
@@ -60,7 +75,7 @@ def final_arch(name: str, front: pd.DataFrame | None, picks: int, cost: str,
         i = int(name[len("front"):])
         if front is None or i >= picks:
             raise SmnasError(f"final model {name}: needs the stage-two front and i < final.from_front ({picks})")
-        spec = parse_spec(front_picks(front, picks, cost)[i])
+        spec = parse_spec(front_picks(front, picks, cost, how)[i])
     else:
         spec = parse_spec(PAPER_MODELS[name])
         if paper_input_size:

@@ -388,19 +388,20 @@ def pretrain(data: str | list[str], weights: str, metrics: str, key: str, data_r
 # ---- final models and the report -----------------------------------------------------------
 
 def final_arch(front: str | list[str], arch: str, name: str, picks: int, cost: str,
-               paper_input_size: list[int] | None) -> None:
+               paper_input_size: list[int] | None, pick: str = "spread") -> None:
     """Write final model ``name``'s architecture (:func:`smnas.workflow.finals.final_arch`) from
-    the modular front(s) ``front``: stage two's, SP-NAS's, or the non-dominated set of both."""
+    the modular front(s) ``front``: stage two's, SP-NAS's, or the non-dominated set of both;
+    ``pick`` is config final.pick (absent from the rule's params while it is the default)."""
     import pandas as pd
 
     from smnas.io import atomic_open
-    from smnas.workflow.finals import final_arch as pick
+    from smnas.workflow.finals import final_arch as choose
 
     from smnas.workflow.generations import union_front
 
     paths = [front] if isinstance(front, str) else list(front)  # one modular method's front, or both
     table = union_front([pd.read_parquet(p) for p in paths], cost) if paths else None
-    spec = pick(name, table, picks, cost, tuple(paper_input_size) if paper_input_size else None)
+    spec = choose(name, table, picks, cost, tuple(paper_input_size) if paper_input_size else None, pick)
     with atomic_open(arch) as f:
         f.write(f"{spec}\n")
     log.info("final model %s: %s", name, spec)
