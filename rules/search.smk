@@ -15,11 +15,13 @@
 
 
 checkpoint groups:
-    """Stage two's groups: structures spread along the stage-one front (a checkpoint). The random
-    search's stage two searches the evolution's groups, so that each stage is a paired comparison
-    (the same generation 0, then mutations against uniform draws)."""
+    """Stage two's groups: structures spread along the stage-one front (a checkpoint). It reads
+    stage one's last ranked population, not only its front, so that a front of fewer members than
+    stage2.space.structures is filled from the next fronts. The random search's stage two
+    searches the evolution's groups, so that each stage is a paired comparison (the same
+    generation 0, then mutations against uniform draws)."""
     input:
-        stage1_front="results/stage1/front.parquet",
+        stage1_population=lambda wc: f"results/stage1/gen{last_gen_of('stage1')}/population.parquet",
     output:
         groups="results/{pre}stage2/groups.parquet",
     params:

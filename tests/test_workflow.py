@@ -70,9 +70,13 @@ def test_whole_workflow_tables(full_run):
     assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
     stage2 = pd.concat([pd.read_parquet(res / "stage2" / g / "gen1" / "population.parquet") for g in groups])
     assert stage2["arch"].str.match(r"^(basicblock|bottleneck|Xbottleneck|invres)_").all()
-    # stage two searched inside the stage-one front's structures (same neck levels, RPN, head, size)
-    front1 = {_structure(a) for a in pd.read_parquet(res / "stage1" / "front.parquet")["arch"]}
-    assert {_structure(a) for a in stage2["arch"]} <= front1
+    # stage two searched inside its groups' structures (same neck levels, RPN, head, size): the
+    # stage-one front's, filled from the next front where it has fewer than two members (on some
+    # CPUs one tiny model dominates the rest)
+    picked = {_structure(a) for a in pd.read_parquet(res / "stage2" / "groups.parquet")["structure"]}
+    assert {_structure(a) for a in stage2["arch"]} <= picked
+    front1 = pd.read_parquet(res / "stage1" / "front.parquet")["arch"]
+    assert (picked <= {_structure(a) for a in front1}) if len(front1) >= 2 else ({_structure(a) for a in front1} < picked)
     # every step records when it computed (bench/workflow.py's overhead share): one span per epoch,
     # one for the timing and one for the evaluation, each inside its job's own time
     for cand in (res / "stage1" / "candidates").iterdir():

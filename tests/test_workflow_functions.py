@@ -65,6 +65,19 @@ def test_write_arch_files_writes_pending_once(tmp_path):
     assert paths[0].stat().st_mtime_ns == before
 
 
+def test_groups_fill_a_one_model_front_from_the_next_front(tmp_path):
+    # a tiny stage one can end with one model dominating the rest: stage two still gets
+    # stage2.space.structures groups, from the next front (rank 1 here)
+    from smnas.workflow import jobs
+
+    pop = pd.DataFrame({"arch": [A, "resnet18@0.25+fpn:P2-P5:c32+rpn+cascade3:32+64x48+gnws"], "status": "ok",
+                        "map": [0.3, 0.2], "gmacs": [1.0, 2.0], "front_rank": [0, 1]})
+    pop.to_parquet(tmp_path / "population.parquet")
+    jobs.groups(str(tmp_path / "population.parquet"), str(tmp_path / "groups.parquet"), TINY["stage2"]["space"], "gmacs")
+    groups = pd.read_parquet(tmp_path / "groups.parquet")
+    assert groups["group"].tolist() == ["C0", "C1"] and groups["structure"].tolist() == pop["arch"].tolist()
+
+
 FRONT = pd.DataFrame({
     "arch": [f"basicblock_16_{'1' * n}-21-21-12+fpn:P2-P4:c16+rpn+2fc:32+64x48+gnws" for n in range(1, 6)],
     "map": [0.1, 0.2, 0.3, 0.4, 0.5], "backbone_gmacs": [1.0, 2.0, 3.0, 4.0, 5.0],

@@ -138,15 +138,17 @@ def _sample_spnas(population: list[str], groups: str | list[str], table: str, gr
     write_table(df, table)
 
 
-def groups(stage1_front: str, groups: str, space: dict[str, Any], stage1_cost: str) -> None:
-    """Stage two's groups: structures spread along the stage-one front, one search each."""
+def groups(stage1_population: str, groups: str, space: dict[str, Any], stage1_cost: str) -> None:
+    """Stage two's groups: structures picked along the stage-one front, one search each; from
+    ``stage1_population`` (stage one's last, every rank), so that the next fronts fill in where
+    the first has fewer members than ``structures`` (a tiny run's front can be one model)."""
     import pandas as pd
 
     from smnas.search.seeding import stage2_groups
     from smnas.search.tables import write_table
     from smnas.workflow.config import search_space
 
-    table = stage2_groups(pd.read_parquet(stage1_front), search_space("stage2", space), stage1_cost)
+    table = stage2_groups(pd.read_parquet(stage1_population), search_space("stage2", space), stage1_cost)
     for row in table.itertuples():
         log.info("group %s: %s (seed %s)", row.group, row.structure, row.seed)
     write_table(table, groups)
