@@ -84,6 +84,15 @@ def hypervolume(F: np.ndarray, ref: np.ndarray | list[float]) -> float:
     return float(HV(ref_point=ref)(inside)) if len(inside) else 0.0
 
 
+FRONT_PICKS = ("spread", "hypervolume")  # how k members are picked from a front (config pick keys)
+
+
+def spread_picks(n: int, k: int) -> np.ndarray:
+    """``k`` indices evenly spaced over ``0..n-1``, both ends included (``k <= n``)."""
+    # floor(x + 0.5) of points >= 1 apart stays strictly increasing (round() would not: 1.5, 2.5)
+    return np.floor(np.linspace(0, n - 1, k) + 0.5).astype(int)
+
+
 def hypervolume_picks(accuracy: np.ndarray, cost: np.ndarray, k: int) -> list[int]:
     """Indices of ``k`` points, chosen one at a time by the hypervolume each adds to those taken.
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pandas as pd
 
 from smnas.errors import SmnasError, SpecError
 from smnas.models.encoding import Encoding, EncodingBounds, check_encoding, parse_encoding
 from smnas.models.registry import named_encoding
 from smnas.models.spec import BackboneSpec, DetectorSpec, parse_spec
-from smnas.search.pareto import hypervolume_picks
+from smnas.search.pareto import FRONT_PICKS, hypervolume_picks, spread_picks
 from smnas.search.space import StageTwoSpace
 
 
@@ -48,7 +47,7 @@ def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms", ho
     Raises:
         SmnasError: a column is missing, or no row is ok and ranked.
     """
-    if how not in ("spread", "hypervolume"):
+    if how not in FRONT_PICKS:
         raise SmnasError(f"pick_structures: how must be 'spread' or 'hypervolume', got {how!r}")
     for col in ("arch", cost) + (("map",) if how == "hypervolume" else ()):
         if col not in front_df:
@@ -68,9 +67,7 @@ def pick_structures(front_df: pd.DataFrame, k: int, cost: str = "latency_ms", ho
     elif how == "hypervolume":
         chosen = front.iloc[hypervolume_picks(front["map"].to_numpy(float), front[cost].to_numpy(float), k)]
     else:
-        # floor(x + 0.5) of points >= 1 apart stays strictly increasing (round() would not: 1.5, 2.5)
-        idx = np.floor(np.linspace(0, len(front) - 1, k) + 0.5).astype(int)
-        chosen = front.iloc[idx]
+        chosen = front.iloc[spread_picks(len(front), k)]
     return [parse_spec(a) for a in chosen.sort_values([cost, "arch"])["arch"]]
 
 

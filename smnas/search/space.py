@@ -24,6 +24,7 @@ from smnas.models.encoding import EncodingBounds
 from smnas.models.spec import (
     NORMS, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, RPNSpec, _parse_head,
 )
+from smnas.search.pareto import FRONT_PICKS
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def load_space(path: str | Path | None = None) -> StageOneSpace:
     return space_from_dict(block, str(path))
 
 
-STRUCTURE_PICKS = ("spread", "hypervolume")  # smnas.search.seeding.pick_structures
+STRUCTURE_PICKS = FRONT_PICKS  # smnas.search.seeding.pick_structures
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,7 @@ import pandas as pd
 
 from smnas.errors import SmnasError
 from smnas.models.spec import DetectorSpec, parse_spec
-from smnas.search.pareto import hypervolume_picks
-
-FINAL_PICKS = ("spread", "hypervolume")  # config final.pick
+from smnas.search.pareto import FRONT_PICKS, hypervolume_picks, spread_picks
 
 
 def evaluated_front(front: pd.DataFrame, cost: str) -> pd.DataFrame:
@@ -45,15 +43,15 @@ def front_picks(front: pd.DataFrame, k: int, cost: str, how: str = "spread") -> 
     Returns:
         Distinct archs, dearest first.
     """
-    if how not in FINAL_PICKS:
-        raise SmnasError(f"final models: pick must be one of {', '.join(FINAL_PICKS)}, got {how!r}")
+    if how not in FRONT_PICKS:
+        raise SmnasError(f"final models: pick must be one of {', '.join(FRONT_PICKS)}, got {how!r}")
     ok = evaluated_front(front, cost)
     if k > len(ok):
         raise SmnasError(f"final models: {k} picks asked from a front of {len(ok)} evaluated models")
     if how == "hypervolume":
         idx = np.sort(hypervolume_picks(ok["map"].to_numpy(float), ok[cost].to_numpy(float), k))
     else:
-        idx = np.floor(np.linspace(0, len(ok) - 1, k) + 0.5).astype(int) if k > 1 else np.zeros(1, dtype=int)
+        idx = spread_picks(len(ok), k)
     return ok["arch"].iloc[idx].tolist()
 
 
