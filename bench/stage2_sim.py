@@ -168,16 +168,22 @@ def _hv(pops: list[pd.DataFrame], bound: float) -> float:
 
 
 def trial(seed: int, generations: int, population: int, structures: list[DetectorSpec], space2: StageTwoSpace,
-          sur: Stage2Surrogate, interaction: float, noise: float, cost) -> dict[str, float]:
+          sur: Stage2Surrogate, interaction: float, noise: float, cost, gen0: str = "workflow") -> dict[str, float]:
     """The four searches of every group for one seed in one world: their last hypervolumes."""
     world = World(sur, interaction, noise, np.random.default_rng(seed))
     mutate = {"evolution": mutator(space2), "max_ops 3": mutator(space2, 3), "mixed": mixed_mutator(space2)}
     pops: dict[str, list[pd.DataFrame]] = {name: [] for name in SEARCHES}
     for k, structure in enumerate(structures):
         key = f"stage2/C{k}"
-        gen0 = _evaluate(initial_generation(key, population, seed, structures=[structure], space2=space2, cost=cost), world)
+        if gen0 == "uniform":  # the seed spec, then uniform draws of the group
+            rows = initial_generation(key, 1, seed, structures=[structure], space2=space2, cost=cost)
+            rows += random_generation(key, 0, population - 1, seed, space2=space2, structure=structure,
+                                      evaluated={r["arch"] for r in rows})
+        else:
+            rows = initial_generation(key, population, seed, structures=[structure], space2=space2, cost=cost)
+        first = _evaluate(rows, world)
         for name in SEARCHES:
-            pop = gen0
+            pop = first
             for g in range(1, generations):
                 seen = set(pop["arch"])
                 if name == "random":
@@ -198,7 +204,7 @@ def _one_trial(job: tuple[int, int, int, float]) -> dict[str, float]:
     seed, g, n, noise = job
     c = _CONTEXT
     with DeviceLock("cpu").shared():  # a workflow timing beside this bench waits for the trial
-        return trial(seed, g, n, c["structures"], c["space2"], c["sur"], c["interaction"], noise, c["cost"])
+        return trial(seed, g, n, c["structures"], c["space2"], c["sur"], c["interaction"], noise, c["cost"], c["gen0"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="seed-to-seed sd of one candidate's mAP (docs/evidence.md section 6: 0.020 at 6 epochs)")
     p.add_argument("--interaction", type=float, default=None,
                    help="sd of the arch-specific term per world (default: the leave-one-out error beyond 0.02)")
+    p.add_argument("--gen0", choices=["workflow", "uniform"], default="workflow",
+                   help="generation 0 of each group, shared by the searches: the workflow's (the seed spec and "
+                        "mutations of it) or the seed spec and uniform draws of the group (not a workflow option)")
     p.add_argument("--jobs", type=int, default=2, help="trials run at once (default 2: this machine's cores)")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # next_generation warns when a group's space runs dry
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     head = "".join(f"{n + ' wins':>17}" for n in SEARCHES[:-1])
     print(f"\n{'noise':>6}{'budget':>8}{'trials':>7}{head}{'ties':>6}{'3 of 3 (evolution)':>20}  "
           + "  ".join(f"HV {n}" for n in SEARCHES) + "  (difference to random, 95% interval)")
-    _CONTEXT.update(structures=structures, space2=space2, sur=sur, interaction=interaction, cost=cost)
+    _CONTEXT.update(structures=structures, space2=space2, sur=sur, interaction=interaction, cost=cost, gen0=args.gen0)
     for noise in args.noise:
         for budget in args.budgets:
             g, n = (int(x) for x in budget.lower().split("x"))
