@@ -41,6 +41,15 @@ def full_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def test_groups_rule_reads_stage_ones_last_ranked_population(full_run):
+    # the groups rule must read the last generation's ranked population, not front.parquet, or a
+    # front shorter than stage2.space.structures cannot fill in from the next fronts (a unit test
+    # of jobs.groups cannot see which file the rule hands it)
+    summary = run(full_run, "--detailed-summary", "results/stage2/groups.parquet").stdout
+    row = next(line for line in summary.splitlines() if line.startswith("results/stage2/groups.parquet"))
+    assert "results/stage1/gen1/population.parquet" in row and "front.parquet" not in row, row
+
+
 def test_whole_workflow_tables(full_run):
     res = full_run / "results"
     groups = sorted(p.name for p in (res / "stage2").glob("C*"))
