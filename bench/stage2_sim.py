@@ -52,6 +52,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from evidence import front_hypervolume  # noqa: E402
 from search_sim import World  # noqa: E402
 
 from smnas.data.scenes import CLASSES  # noqa: E402
@@ -61,7 +62,6 @@ from smnas.models.encoding import parse_encoding  # noqa: E402
 from smnas.models.spec import DetectorSpec, parse_spec  # noqa: E402
 from smnas.search.evolution import initial_generation, mutator, next_generation  # noqa: E402
 from smnas.search.mutation import mutate_stage2  # noqa: E402
-from smnas.search.pareto import hypervolume  # noqa: E402
 from smnas.search.random_search import random_generation, random_stage2  # noqa: E402
 from smnas.search.space import StageTwoSpace  # noqa: E402
 from smnas.search.tables import rank_population  # noqa: E402
@@ -160,11 +160,8 @@ def _evaluate(rows: list[dict], world: World) -> pd.DataFrame:
 
 
 def _hv(pops: list[pd.DataFrame], bound: float) -> float:
-    pop = pd.concat(pops, ignore_index=True)
-    ranked = rank_population(pop[pop["status"] == "ok"], "gmacs")
-    front = ranked[ranked["front_rank"] == 0]
-    F = np.column_stack([-front["map"].to_numpy(float), front["gmacs"].to_numpy(float) / bound])
-    return hypervolume(F, [0.0, 1.0])
+    """bench/evidence.py's hypervolume of the union of the groups' populations."""
+    return front_hypervolume(pd.concat(pops, ignore_index=True), "gmacs", bound)[1]
 
 
 def trial(seed: int, generations: int, population: int, structures: list[DetectorSpec], space2: StageTwoSpace,
