@@ -38,6 +38,7 @@ space with this much structure and this much noise.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import random
@@ -67,7 +68,7 @@ from smnas.search.space import StageTwoSpace  # noqa: E402
 from smnas.search.tables import rank_population  # noqa: E402
 from smnas.workflow.config import detector_options, search_space  # noqa: E402
 
-SEARCHES = ("evolution", "max_ops 3", "mixed", "random")
+SEARCHES = ("evolution", "max_ops 3", "mixed", "screened", "mixed screened", "random")
 
 
 def load_evaluated(runs: list[Path]) -> pd.DataFrame:
@@ -165,11 +166,14 @@ def _hv(pops: list[pd.DataFrame], bound: float) -> float:
 
 
 def trial(seed: int, generations: int, population: int, structures: list[DetectorSpec], space2: StageTwoSpace,
-          sur: Stage2Surrogate, interaction: float, noise: float, cost, gen0: str = "workflow") -> dict[str, float]:
-    """The four searches of every group for one seed in one world: their last hypervolumes."""
+          sur: Stage2Surrogate, interaction: float, noise: float, cost, gen0: str = "workflow",
+          searches: tuple[str, ...] = SEARCHES, screen: int = 6) -> dict[str, float]:
+    """The searches (random search always among them) of every group for one seed in one world:
+    their last hypervolumes."""
     world = World(sur, interaction, noise, np.random.default_rng(seed))
-    mutate = {"evolution": mutator(space2), "max_ops 3": mutator(space2, 3), "mixed": mixed_mutator(space2)}
-    pops: dict[str, list[pd.DataFrame]] = {name: [] for name in SEARCHES}
+    mutate = {"evolution": mutator(space2), "max_ops 3": mutator(space2, 3), "mixed": mixed_mutator(space2),
+              "screened": mutator(space2), "mixed screened": mixed_mutator(space2)}
+    pops: dict[str, list[pd.DataFrame]] = {name: [] for name in searches}
     for k, structure in enumerate(structures):
         key = f"stage2/C{k}"
         if gen0 == "uniform":  # the seed spec, then uniform draws of the group
@@ -179,7 +183,7 @@ def trial(seed: int, generations: int, population: int, structures: list[Detecto
         else:
             rows = initial_generation(key, population, seed, structures=[structure], space2=space2, cost=cost)
         first = _evaluate(rows, world)
-        for name in SEARCHES:
+        for name in searches:
             pop = first
             for g in range(1, generations):
                 seen = set(pop["arch"])
@@ -187,21 +191,41 @@ def trial(seed: int, generations: int, population: int, structures: list[Detecto
                     rows = random_generation(key, g, population, seed, space2=space2, structure=structure, evaluated=seen)
                 else:
                     rows = next_generation(rank_population(pop, "gmacs"), key, g, population, seed, mutate[name],
-                                           seen, cost=cost)
+                                           seen, cost=cost, screen=screen if name.endswith("screened") else 1,
+                                           screen_cost="gmacs")
                 pop = pd.concat([pop, _evaluate(rows, world)], ignore_index=True)
             pops[name].append(pop)
     bound = 1.1 * max(float(p["gmacs"].max()) for ps in pops.values() for p in ps)
     return {name: _hv(ps, bound) for name, ps in pops.items()}
 
 
+class CachedCost:
+    """The workflow's cost function with a memory that outlives the worker processes: the
+    meta-device MAC count (0.2 s per new architecture) dominates a trial, and trials revisit
+    the architectures near each group's seed. ``new`` holds what this process computed."""
+
+    def __init__(self, cost, known: dict[str, float]) -> None:
+        self.cost, self.known, self.new = cost, dict(known), {}
+
+    def __call__(self, spec: DetectorSpec) -> float:
+        arch = str(spec)
+        if arch not in self.known:
+            self.known[arch] = self.new[arch] = float(self.cost(spec))
+        return self.known[arch]
+
+
 _CONTEXT: dict = {}  # set before the pool forks: the workers inherit it (the cost function is not picklable)
 
 
-def _one_trial(job: tuple[int, int, int, float]) -> dict[str, float]:
+def _one_trial(job: tuple[int, int, int, float]) -> tuple[dict[str, float], dict[str, float]]:
     seed, g, n, noise = job
     c = _CONTEXT
+    cost = c["cost"]
+    cost.new = {}
     with DeviceLock("cpu").shared():  # a workflow timing beside this bench waits for the trial
-        return trial(seed, g, n, c["structures"], c["space2"], c["sur"], c["interaction"], noise, c["cost"], c["gen0"])
+        res = trial(seed, g, n, c["structures"], c["space2"], c["sur"], c["interaction"], noise, cost, c["gen0"],
+                    c["searches"], c["screen"])
+    return res, cost.new
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,13 +246,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gen0", choices=["workflow", "uniform"], default="workflow",
                    help="generation 0 of each group, shared by the searches: the workflow's (the seed spec and "
                         "mutations of it) or the seed spec and uniform draws of the group (not a workflow option)")
+    p.add_argument("--searches", nargs="+", choices=SEARCHES[:-1], default=list(SEARCHES[:-1]),
+                   help="the searches run beside random search (default: all)")
+    p.add_argument("--screen", type=int, default=6,
+                   help="children made per child trained by the 'screened' evolution (the workflow's stage2.screen)")
+    p.add_argument("--cost-cache", type=Path, default=Path("/tmp/stage2_sim_costs.json"),
+                   help="JSON file of computed costs by arch, read and extended (a function of the config's "
+                        "detector block and stage2.cost; delete it when they change)")
     p.add_argument("--jobs", type=int, default=2, help="trials run at once (default 2: this machine's cores)")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # next_generation warns when a group's space runs dry
 
     cfg = yaml.safe_load(args.config.read_text())
     space2 = search_space("stage2", cfg["stage2"]["space"])
-    cost = search_cost(cfg["stage2"]["cost"], detector_options(cfg, len(CLASSES)))
+    known = json.loads(args.cost_cache.read_text()) if args.cost_cache.exists() else {}
+    cost = CachedCost(search_cost(cfg["stage2"]["cost"], detector_options(cfg, len(CLASSES))), known)
     data = load_evaluated(args.runs)
     sur = Stage2Surrogate(data["arch"].tolist(), data["map"].to_numpy(float), cost)
     repeated = data[data["repeats"] > 1]
@@ -243,24 +275,34 @@ def main(argv: list[str] | None = None) -> None:
     structures = [parse_spec(s) for s in pd.read_parquet(args.groups)["structure"]]
     print(f"groups: {', '.join(map(str, structures))}")
     print(f"worlds: surrogate + an arch-specific term of sd {interaction:.4f} + seed noise; "
-          f"'mixed': each child a uniform draw of its group with probability 1/2")
-    head = "".join(f"{n + ' wins':>17}" for n in SEARCHES[:-1])
-    print(f"\n{'noise':>6}{'budget':>8}{'trials':>7}{head}{'ties':>6}{'3 of 3 (evolution)':>20}  "
-          + "  ".join(f"HV {n}" for n in SEARCHES) + "  (difference to random, 95% interval)")
-    _CONTEXT.update(structures=structures, space2=space2, sur=sur, interaction=interaction, cost=cost, gen0=args.gen0)
+          f"'mixed': each child a uniform draw of its group with probability 1/2; "
+          f"'screened': {args.screen} children per place, the predictor keeping those adding most hypervolume")
+    searches = tuple(n for n in SEARCHES if n in args.searches) + ("random",)
+    head = "".join(f"{n + ' wins':>{max(17, len(n) + 7)}}" for n in searches[:-1])
+    print(f"\n{'noise':>6}{'budget':>8}{'trials':>7}{head}{'ties':>6}{'3 of 3 (first)':>16}  "
+          + "  ".join(f"HV {n}" for n in searches) + "  (difference to random, 95% interval)")
+    _CONTEXT.update(structures=structures, space2=space2, sur=sur, interaction=interaction, cost=cost, gen0=args.gen0,
+                    searches=searches, screen=args.screen)
     for noise in args.noise:
         for budget in args.budgets:
             g, n = (int(x) for x in budget.lower().split("x"))
             jobs = [(s, g, n, noise) for s in range(args.trials)]
             with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-                df = pd.DataFrame(pool.map(_one_trial, jobs, chunksize=1))
-            wins = [float(np.mean(df[name] > df["random"])) for name in SEARCHES[:-1]]
+                out = pool.map(_one_trial, jobs, chunksize=1)
+            df = pd.DataFrame([res for res, _ in out])
+            for _, new in out:
+                cost.known.update(new)
+            tmp = args.cost_cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cost.known))
+            tmp.replace(args.cost_cache)
+            wins = [float(np.mean(df[name] > df["random"])) for name in searches[:-1]]
             diffs = []
-            for name in SEARCHES[:-1]:
+            for name in searches[:-1]:
                 d = df[name] - df["random"]
                 diffs.append(f"{d.mean():+.4f} ({d.mean() - 1.96 * d.sem():+.4f}, {d.mean() + 1.96 * d.sem():+.4f})")
-            print(f"{noise:>6.3f}{budget:>8}{args.trials:>7}" + "".join(f"{w:>17.2f}" for w in wins)
-                  + f"{np.mean(df['evolution'] == df['random']):>6.2f}{wins[0] ** 3:>20.2f}  " + "  ".join(f"{df[name].mean():.4f}" for name in SEARCHES)
+            print(f"{noise:>6.3f}{budget:>8}{args.trials:>7}" + "".join(f"{w:>{max(17, len(n) + 7)}.2f}" for n, w in zip(searches, wins))
+                  + f"{np.mean(df[searches[0]] == df['random']):>6.2f}{wins[0] ** 3:>16.2f}  "
+                  + "  ".join(f"{df[name].mean():.4f}" for name in searches)
                   + "  " + "; ".join(diffs), flush=True)
 
 

@@ -1,15 +1,21 @@
 """The predictor that screens evolution's children: additive fit, hypervolume-greedy choice, wiring."""
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from smnas.errors import SmnasError
+from smnas.models.encoding import parse_encoding
 from smnas.models.spec import parse_spec
+from smnas.search import evolution
 from smnas.search.evolution import mutator, next_generation, select_parents
 from smnas.search.predictor import MIN_FIT, AdditivePredictor, module_choices, screen_children
-from smnas.search.space import StageOneSpace
+from smnas.search.random_search import random_stage2
+from smnas.search.seeding import seed_spec
+from smnas.search.space import StageOneSpace, StageTwoSpace
 from smnas.search.tables import rank_population
 
 SPACE = StageOneSpace()
@@ -34,6 +40,11 @@ def test_module_choices_name_the_five_modules():
     spec = parse_spec("resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+160x120+bn")
     assert module_choices(spec) == ["backbone=resnet18", "neck=fpn:P2-P5:c32", "rpn=rpn", "head=2fc:256",
                                     "size=160x120"]
+
+
+def test_an_encoded_backbone_counts_as_its_base_width():
+    spec = parse_spec("basicblock_24_11-21-21-21+fpn:P2-P5:c16+rpn+2fc:256+96x72+bn")
+    assert module_choices(spec)[:2] == ["base=24", "neck=fpn:P2-P5:c16"]
 
 
 def test_an_additive_world_is_learned_and_generalises_to_unseen_combinations():
@@ -105,3 +116,74 @@ def test_next_generation_with_a_screen_keeps_n_unseen_children_of_the_front():
     assert len(plain) == 3 and rows != plain  # the screen chose other children than the first three made
     with pytest.raises(SmnasError, match="screen must be >= 1"):
         next_generation(pop, "stage1", 1, 3, seed=0, mutate=mutator(SPACE), evaluated=set(), screen=0)
+
+
+# ---- stage two: the cost is known before training ----------------------------------------------
+
+SPACE2 = StageTwoSpace(fpn_channels=(16, 32, 64))
+STRUCTURE = parse_spec("resnet18@0.25+fpn:P2-P5:c32+rpn+2fc:256+96x72+bn")
+
+
+def gmacs(spec) -> float:
+    """A stand-in for stage two's GMACs: grows with blocks, widths and FPN channels."""
+    enc = parse_encoding(spec.backbone.name)
+    return sum(w * w for s in enc.stage_channels() for w in s) / 1e4 + spec.neck.channels / 100
+
+
+def truth2(spec) -> float:
+    """mAP rising with log cost; an FPN of 64 channels trains badly (costs more, gives less)."""
+    return 0.2 + 0.05 * np.log(gmacs(spec)) - 0.2 * (spec.neck.channels == 64)
+
+
+def stage2_pop(n: int, seed: int, wide: bool = True) -> pd.DataFrame:
+    rng, specs = random.Random(seed), [seed_spec(STRUCTURE, SPACE2)]
+    while len(specs) < n:
+        spec = random_stage2(STRUCTURE, SPACE2, rng)
+        if spec not in specs and (wide or spec.neck.channels != 64):
+            specs.append(spec)
+    return pd.DataFrame({"arch": [str(s) for s in specs], "status": "ok", "map": [truth2(s) for s in specs],
+                         "gmacs": [gmacs(s) for s in specs]})
+
+
+def test_with_known_costs_the_predictor_learns_map_from_log_cost_and_returns_the_costs():
+    pop = stage2_pop(30, seed=0, wide=False)
+    fit = AdditivePredictor(ridge=1e-6).fit(pop["arch"], pop["map"], pop["gmacs"], cost_known=True)
+    rng = random.Random(1)
+    unseen = [s for s in (random_stage2(STRUCTURE, SPACE2, rng) for _ in range(40))
+              if str(s) not in set(pop["arch"]) and s.neck.channels != 64][:20]
+    costs = [gmacs(s) for s in unseen]
+    pmap, pcost = fit.predict([str(s) for s in unseen], costs)
+    assert np.abs(pmap - [truth2(s) for s in unseen]).max() < 1e-4  # new encodings, judged by their cost
+    assert pcost.tolist() == costs
+    with pytest.raises(SmnasError, match="predict needs one cost per arch"):
+        fit.predict([str(s) for s in unseen])
+
+
+def test_a_stage2_screen_keeps_children_with_their_computed_costs_and_skips_dominated_ones(monkeypatch):
+    pop = rank_population(stage2_pop(12, seed=2), "gmacs")
+    assert (pop["arch"].str.contains(":c64+") & (pop["front_rank"] > 0)).any()  # the population shows c64's cost
+    seen: list[str] = []
+    predicted: dict = {}
+
+    def spy(population, children, *args, **kwargs):  # the real screen, recording what it was shown
+        seen[:] = children
+        keep, pred = screen_children(population, children, *args, **kwargs)
+        predicted.update(pred)
+        return keep, pred
+
+    monkeypatch.setattr(evolution, "screen_children", spy)
+    kwargs = dict(mutate=mutator(SPACE2), evaluated=set(pop["arch"]), cost=gmacs, screen=6, screen_cost="gmacs")
+    rows = next_generation(pop, "stage2/C0", 1, 3, seed=0, **kwargs)
+    assert rows == next_generation(pop, "stage2/C0", 1, 3, seed=0, **kwargs)
+    kept = [r for r in rows if r["status"] == "pending"]
+    assert len(kept) == 3 and len(seen) == 18 and {r["arch"] for r in kept} <= set(seen)
+    assert all(r["cost"] == gmacs(parse_spec(r["arch"])) for r in rows)
+    assert all(predicted[a][1] == gmacs(parse_spec(a)) for a in seen)  # costs computed, not predicted
+    M, C = pop["map"].to_numpy(), pop["gmacs"].to_numpy()
+
+    def dominated(arch):  # by an evaluated candidate, in the true world
+        spec = parse_spec(arch)
+        return bool(((M >= truth2(spec)) & (C <= gmacs(spec))).any())
+
+    assert sum(map(dominated, seen)) >= len(seen) // 3  # many children would be wasted training
+    assert not any(dominated(r["arch"]) for r in kept)

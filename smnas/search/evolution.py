@@ -11,7 +11,8 @@ thrown away and the next parent tried. With a cost function (stage two), Partial
 child is returned with status "pruned" and its reason, and another child is made in its place.
 With ``screen`` > 1, ``screen`` unseen children are made per place and a predictor fitted on the
 evaluated population keeps the ``n`` predicted to add most to the front
-(:mod:`smnas.search.predictor`); the others are dropped, not recorded (never trained, they may
+(:mod:`smnas.search.predictor`; with a cost function, each child's cost is the computed one and
+only its mAP is predicted); the others are dropped, not recorded (never trained, they may
 come again). The result is a function of (population, stage, generation, n, seed, evaluated) alone.
 """
 from __future__ import annotations
@@ -174,7 +175,8 @@ def _screen(population: pd.DataFrame, rows: list[dict[str, Any]], n: int, stage:
             cost: str, acc: str) -> list[dict[str, Any]]:
     """The pruned rows, and the ``n`` pending ones the predictor keeps (in the order it chose them)."""
     pending = [r for r in rows if r["status"] == "pending"]
-    keep, predicted = screen_children(population, [r["arch"] for r in pending], n, cost, acc)
+    known = [r["cost"] for r in pending] if pending and all("cost" in r for r in pending) else None
+    keep, predicted = screen_children(population, [r["arch"] for r in pending], n, cost, acc, child_costs=known)
     if predicted:
         log.info("%s generation %d: the predictor keeps %d of %d children", stage, generation, len(keep), len(pending))
         for i in keep:
