@@ -22,7 +22,10 @@ it) and run G-1 more generations of P candidates: evolution as the workflow runs
 (``next_generation`` with Partial Order Pruning, 1 edit per child), evolution with up to 3 edits
 per child (``stage2.max_ops: 3``), evolution whose children are each, with probability 1/2, a
 uniform draw of the group's space instead of a mutation (a mix of local and global moves; not a
-workflow option), and random search (``random_generation``). Each evaluation is the world's mAP
+workflow option), the same two with ``next_generation``'s screen (``screened``, ``mixed screened``:
+``--screen`` children per place, a predictor knowing each child's computed GMACs keeping those
+adding most hypervolume), and random search (``random_generation``); ``--searches`` picks them.
+Computed costs are kept in ``--cost-cache`` across runs. Each evaluation is the world's mAP
 (the surrogate plus an arch-specific term of the leave-one-out error's size beyond the noise,
 fixed per world) plus fresh Gaussian seed noise of sd ``--noise``. Hypervolume is computed as
 bench/evidence.py does: the union of the groups' populations ranked by (-mAP, GMACs), reference
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--searches", nargs="+", choices=SEARCHES[:-1], default=list(SEARCHES[:-1]),
                    help="the searches run beside random search (default: all)")
     p.add_argument("--screen", type=int, default=6,
-                   help="children made per child trained by the 'screened' evolution (the workflow's stage2.screen)")
+                   help="children made per child trained by the screened searches (next_generation's screen; not a "
+                        "stage2 config key: it did not beat plain evolution here)")
     p.add_argument("--cost-cache", type=Path, default=Path("/tmp/stage2_sim_costs.json"),
                    help="JSON file of computed costs by arch, read and extended (a function of the config's "
                         "detector block and stage2.cost; delete it when they change)")
