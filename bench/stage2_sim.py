@@ -70,6 +70,7 @@ from smnas.search.random_search import random_generation, random_stage2  # noqa:
 from smnas.search.space import StageTwoSpace  # noqa: E402
 from smnas.search.tables import rank_population  # noqa: E402
 from smnas.workflow.config import detector_options, search_space  # noqa: E402
+from smnas.io import atomic_write_json  # noqa: E402
 
 SEARCHES = ("evolution", "max_ops 3", "mixed", "screened", "mixed screened", "random")
 
@@ -296,9 +297,7 @@ def main(argv: list[str] | None = None) -> None:
             df = pd.DataFrame([res for res, _ in out])
             for _, new in out:
                 cost.known.update(new)
-            tmp = args.cost_cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cost.known))
-            tmp.replace(args.cost_cache)
+            atomic_write_json(args.cost_cache, cost.known)
             wins = [float(np.mean(df[name] > df["random"])) for name in searches[:-1]]
             diffs = []
             for name in searches[:-1]:

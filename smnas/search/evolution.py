@@ -163,7 +163,8 @@ def next_generation(
         if pending == made:
             break
     if screen > 1:
-        rows, pending = _screen(population, rows, n, stage, generation, screen_cost, acc), min(pending, n)
+        rows, pending = _screen(population, rows, n, stage, generation, screen_cost, acc,
+                                costs_known=cost is not None), min(pending, n)
     if pending < n:
         log.warning("%s generation %d: only %d of %d new children after %d tries (%d pruned): "
                     "the space around the front is exhausted", stage, generation, pending, n, tries,
@@ -172,10 +173,11 @@ def next_generation(
 
 
 def _screen(population: pd.DataFrame, rows: list[dict[str, Any]], n: int, stage: str, generation: int,
-            cost: str, acc: str) -> list[dict[str, Any]]:
-    """The pruned rows, and the ``n`` pending ones the predictor keeps (in the order it chose them)."""
+            cost: str, acc: str, costs_known: bool = False) -> list[dict[str, Any]]:
+    """The pruned rows, and the ``n`` pending ones the predictor keeps (in the order it chose them);
+    with ``costs_known`` each row's computed "cost" is given to the predictor, not predicted."""
     pending = [r for r in rows if r["status"] == "pending"]
-    known = [r["cost"] for r in pending] if pending and all("cost" in r for r in pending) else None
+    known = [r["cost"] for r in pending] if costs_known else None
     keep, predicted = screen_children(population, [r["arch"] for r in pending], n, cost, acc, child_costs=known)
     if predicted:
         log.info("%s generation %d: the predictor keeps %d of %d children", stage, generation, len(keep), len(pending))
