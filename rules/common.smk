@@ -12,6 +12,8 @@ except ConfigError as e:
 DATA = "results/data"
 BUILTIN = f"{DATA}/synthetic"
 GPU = 1 if config["device"].startswith("cuda") else 0
+# A screen that times children makes a search's sample step a device job (rules/search.smk).
+TIMED_SCREEN = any(config[s].get("screen", 1) > 1 and config[s]["cost"] == "latency_ms" for s in ("stage1", "stage2"))
 
 
 wildcard_constraints:
@@ -65,6 +67,18 @@ def sample_settings(search):
         return spnas_phase_settings(config["spnas"], phase_of(search))
     keys = ("population", "space", "cost") + (() if prefix_of(search) else ("screen", "max_ops"))
     return {k: config[stage][k] for k in keys if k in config[stage]}
+
+
+def screen_timing(search):
+    """What a search's sample step times its children with before the screen keeps some: a
+    screen (screen > 1) whose cost is measured time (latency_ms) times each child untrained, on
+    the device, as the time rule times a trained one. {} when it times none (random search, no
+    screen, a computed cost), so a latency setting then resamples nothing."""
+    settings = sample_settings(search)
+    if stage_of(search) == "spnas" or settings.get("screen", 1) <= 1 or settings.get("cost") != "latency_ms":
+        return {}
+    return {"device": config["device"], "num_images": config["latency_images"], "runs": config["latency_runs"],
+            "data": search_data()}
 
 
 def prefix_of(search):

@@ -37,12 +37,16 @@ checkpoint groups:
 
 
 checkpoint sample:
-    """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation."""
+    """Generation g's candidates (pending or pruned, with the reason): one checkpoint per generation.
+    A screen whose cost is latency_ms (stage1.screen with cost latency_ms) times every child it
+    judges untrained on the device first, so then this step runs as a device job (on SLURM, an
+    exclusive one, as time's), not on the controller."""
     input:
         population=sample_population,
         # stage two's groups (SP-NAS searches inside the same structures)
         groups=lambda wc: f"results/{prefix_of(wc.search)}stage2/groups.parquet" if stage_of(wc.search) != "stage1" else [],
         train_json=search_data()["train_json"],  # the class count, for stage two's cost
+        val_json=lambda wc: search_data()["val_json"] if screen_timing(wc.search) else [],  # timed images
     output:
         table="results/{search}/gen{gen}/candidates.parquet",
     params:
@@ -54,9 +58,13 @@ checkpoint sample:
         detector=config["detector"],
         candidates_dir=lambda wc: f"results/{stage_of(wc.search)}/candidates",
         strategy=lambda wc: "random" if prefix_of(wc.search) else "evolution",
+        timing=lambda wc: screen_timing(wc.search),
     log:
         "results/logs/{search}/gen{gen}/sample.log",
-    localrule: True
+    threads: 1
+    resources:
+        gpu=lambda wc: GPU if screen_timing(wc.search) else 0,
+    localrule: not TIMED_SCREEN
     conda:
         "../envs/smnas.yaml"
     script:

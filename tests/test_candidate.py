@@ -13,7 +13,7 @@ from smnas.data.coco import load_coco
 from smnas.data.dataset import DetectionDataset
 from smnas.engine import candidate
 from smnas.engine.candidate import (DataPaths, evaluate_trained, latency_images, time_candidate,
-                                    train_candidate)
+                                    time_untrained, train_candidate)
 from smnas.engine.device_lock import lock_path
 from smnas.engine.train import TrainConfig, TrainResult
 from smnas.models.build import DetectorOptions, build_detector
@@ -50,6 +50,32 @@ def test_latency_images_are_the_first_val_images_in_id_order():
     assert [tuple(x.shape) for x in latency_images(DATA, 10)] == [(3, 48, 64), (3, 48, 64), (3, 64, 48)]
     with pytest.raises(ValueError, match="n must be >= 1"):
         latency_images(DATA, 0)
+
+
+def test_time_untrained_times_a_fresh_model_with_the_device_alone(monkeypatch):
+    """Stage one's screen times children before they train: weights from seed 0 whatever the
+    global generator holds (left as it was), the lock held, one thread."""
+    spec = parse_spec(TINY_SPEC)
+    torch.manual_seed(0)
+    expected = build_detector(spec, OPTS).state_dict()
+    seen = []
+    real = candidate.measure_latency
+
+    def recording(model, images, **kwargs):
+        with open(lock_path("cpu"), "ab") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        seen.append((model.state_dict(), kwargs))
+        return real(model, images, **kwargs)
+
+    monkeypatch.setattr(candidate, "measure_latency", recording)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    ms = time_untrained(spec, OPTS, latency_images(DATA, 2), runs=2, threads=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    (weights, kwargs), = seen
+    assert kwargs == {"device": "cpu", "runs": 2, "threads": 1}
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert math.isfinite(ms) and ms > 0
 
 
 def test_time_candidate_times_the_first_val_images_with_the_device_alone(tmp_path, monkeypatch):

@@ -187,3 +187,32 @@ def test_a_stage2_screen_keeps_children_with_their_computed_costs_and_skips_domi
 
     assert sum(map(dominated, seen)) >= len(seen) // 3  # many children would be wasted training
     assert not any(dominated(r["arch"]) for r in kept)
+
+
+def test_a_screen_given_measured_costs_predicts_only_map(monkeypatch):
+    """Stage one's screen times each child untrained (``measure``): the costs it judges are the
+    measured ones, written to the rows; measure is not called without a screen."""
+    pop = rank_population(population([str(s) for s in SPACE.sample(12, seed=4)]), "latency_ms")
+    calls: list[str] = []
+
+    def measure(spec) -> float:  # a stopwatch that sees a slow RPN the additive world does not
+        calls.append(str(spec))
+        return truth(str(spec))[1] * (3.0 if spec.rpn.kind == "garpn" else 1.0)
+
+    predicted: dict = {}
+
+    def spy(population, children, *args, **kwargs):
+        keep, pred = screen_children(population, children, *args, **kwargs)
+        predicted.update(pred)
+        return keep, pred
+
+    monkeypatch.setattr(evolution, "screen_children", spy)
+    kwargs = dict(mutate=mutator(SPACE), evaluated=set(), screen=8, measure=measure)
+    rows = next_generation(pop, "stage1", 1, 3, seed=0, **kwargs)
+    assert len(calls) == 24 and set(predicted) == set(calls)  # every child made was timed, once
+    assert all(predicted[a][1] == measure(parse_spec(a)) for a in predicted)  # judged by its measured cost
+    assert len(rows) == 3 and all(r["cost"] == measure(parse_spec(r["arch"])) for r in rows)
+    calls.clear()
+    assert len(next_generation(pop, "stage1", 1, 3, seed=0, **{**kwargs, "screen": 1})) == 3 and calls == []
+    with pytest.raises(SmnasError, match="computed cost or a measured one, not both"):
+        next_generation(pop, "stage1", 1, 3, seed=0, **kwargs, cost=lambda spec: 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def test_whole_workflow_tables(full_run):
     assert (res / "stage2" / "fronts.png").stat().st_size > 1000
     # the evolution screened its children (stage1.screen 3)
     assert "the predictor keeps 2 of 6 children" in (res / "logs" / "stage1" / "gen1" / "sample.log").read_text()
+    # ... given their GMACs, computed before training: the trained figures
+    kept = pd.read_parquet(res / "stage1" / "gen1" / "candidates.parquet").query("status == 'pending'")
+    gm = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet").set_index("arch")["gmacs"]
+    assert len(kept) == 2 and all(abs(c - gm[a]) < 1e-9 * gm[a] for a, c in zip(kept["arch"], kept["cost"]))
     stage1 = pd.read_parquet(res / "stage1" / "gen1" / "population.parquet")
     assert (stage1["latency_ms"].dropna() > 0).all() and stage1["device"].str.startswith("cpu").any()
     stage2 = pd.concat([pd.read_parquet(res / "stage2" / g / "gen1" / "population.parquet") for g in groups])
@@ -267,6 +272,21 @@ def test_bad_config_fails_before_any_job(tmp_path):
     proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(bad), "-n"], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown_key" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_latency_screen_times_its_children_untrained(full_run, tmp_path):
+    """With stage one's cost latency_ms, the screen's sample step times each child it judges
+    untrained (as the time rule times a trained one) and keeps those the predictor prefers."""
+    shutil.copytree(full_run / "results", tmp_path / "results", symlinks=True)
+    overlay = tmp_path / "latency.yaml"
+    overlay.write_text("stage1:\n  cost: latency_ms\n")
+    run(tmp_path, "--force", "results/stage1/gen1/candidates.parquet", "--rerun-triggers", "mtime", overlay=overlay)
+    log = (tmp_path / "results" / "logs" / "stage1" / "gen1" / "sample.log").read_text()
+    assert log.count("timed untrained: ") == 6 and "the predictor keeps 2 of 6 children" in log
+    kept = pd.read_parquet(tmp_path / "results" / "stage1" / "gen1" / "candidates.parquet").query("status == 'pending'")
+    assert len(kept) == 2 and (kept["cost"] > 0).all()
+    for arch, cost in zip(kept["arch"], kept["cost"]):
+        assert f"timed untrained: {arch} {cost:.1f} ms" in log
 
 
 def test_random_search_baseline(full_run):

@@ -187,6 +187,24 @@ def time_candidate(spec: DetectorSpec, opts: DetectorOptions, workdir: str | Pat
     return out
 
 
+def time_untrained(spec: DetectorSpec, opts: DetectorOptions, images: list[torch.Tensor], device: str = "cpu",
+                   runs: int = 1, threads: int | None = 1) -> float:
+    """Batch-1 latency (median ms) of ``spec`` before it trains: built afresh (weights from seed 0),
+    timed as :func:`time_candidate` times a trained one, the device lock held.
+
+    Stage one's screen times each child so, and predicts only its mAP. An untrained model's time
+    ranks the trained ones nearly as well as a second trained timing does: on the 68 stage-one
+    candidates of one bench/evidence.py run, Kendall tau +0.87 for one untrained measurement
+    against the trained medians, log(untrained / trained) mean -0.03, sd 0.10 (the heads' work
+    depends on their scores; GA-RPN Cascade4 differs most) (bench/latency_noise.py --untrained).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_detector(spec, opts).eval()
+    with DeviceLock(device).exclusive():
+        return measure_latency(model, images, device=device, runs=runs, threads=threads).median_ms
+
+
 def evaluate_trained(spec: DetectorSpec, data: DataPaths, opts: DetectorOptions, workdir: str | Path,
                      device: str = "cpu", progress: bool | None = None, voc_metric: bool = False) -> dict[str, Any]:
     """COCO evaluation of the trained model on the val split, merged with training and timing.

@@ -116,6 +116,7 @@ def next_generation(
     max_tries: int | None = None,
     screen: int = 1,
     screen_cost: str = "latency_ms",
+    measure: Cost | None = None,
 ) -> list[dict[str, Any]]:
     """Make generation ``generation`` (>= 1) by mutating the front of ``population``.
 
@@ -135,11 +136,16 @@ def next_generation(
         max_tries: mutation attempts before giving up (default 50 per child made).
         screen: children made per child kept (1: no screen); the predictor judges them by
             ``acc`` and the population's ``screen_cost`` column.
-        screen_cost: the cost column the screen predicts (stage one: latency_ms).
+        screen_cost: the cost column the screen predicts (stage one: latency_ms), unless the
+            children's costs are known before training (``cost`` or ``measure``).
+        measure: ``measure(spec) -> cost`` of a child before it trains, for the screen only
+            (stage one: its latency timed untrained, :func:`smnas.engine.candidate.time_untrained`;
+            no pruning); called for each child made when ``screen`` > 1 and written to its
+            row's "cost".
 
     Returns:
         Rows with keys arch, stage, generation, parent, status ("pending"/"pruned"), reason,
-        and cost when ``cost`` is given: ``n`` pending ones unless the space near the front is
+        and cost when ``cost`` or ``measure`` is given: ``n`` pending ones unless the space near the front is
         exhausted (then fewer, with a warning in the log), plus any pruned ones.
     """
     parents = [parse_spec(a) for a in select_parents(population, n)]
@@ -148,6 +154,8 @@ def next_generation(
     rng = generation_rng(seed, stage, generation)
     if screen < 1:
         raise SmnasError(f"screen must be >= 1 (children made per child kept), got {screen}")
+    if measure is not None and cost is not None:
+        raise SmnasError("next_generation: give the screen a computed cost or a measured one, not both")
     made = n * screen
     tries = max_tries if max_tries is not None else 50 * max(made, 1)
     rows, pending = [], 0
@@ -163,8 +171,11 @@ def next_generation(
         if pending == made:
             break
     if screen > 1:
+        for row in rows if measure is not None else ():
+            if row["status"] == "pending":
+                row["cost"] = float(measure(parse_spec(row["arch"])))
         rows, pending = _screen(population, rows, n, stage, generation, screen_cost, acc,
-                                costs_known=cost is not None), min(pending, n)
+                                costs_known=cost is not None or measure is not None), min(pending, n)
     if pending < n:
         log.warning("%s generation %d: only %d of %d new children after %d tries (%d pruned): "
                     "the space around the front is exhausted", stage, generation, pending, n, tries,

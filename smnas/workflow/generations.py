@@ -38,7 +38,8 @@ class StageSettings:
 
 def sample_generation(stage: str, generation: int, settings: StageSettings, seed: int,
                       population: str | Path | None = None, group: str = "", structure: str | None = None,
-                      cost: Callable[[DetectorSpec], float] | None = None) -> pd.DataFrame:
+                      cost: Callable[[DetectorSpec], float] | None = None,
+                      measure: Callable[[DetectorSpec], float] | None = None) -> pd.DataFrame:
     """Generation ``generation``'s candidates (the workflow's sample/mutate step).
 
     Stage one, g = 0: a seeded sample of the space. Stage two, g = 0 of group ``group``: the
@@ -50,7 +51,9 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
     ``settings.strategy == "random"``, uniform draws from the space (stage two: inside
     ``structure``) instead. With ``cost`` (stage two), Partial Order Pruning judges each child
     against the same population, so against its own group only (pruned rows are kept, with the
-    reason, and are not trained).
+    reason, and are not trained). With ``measure`` (a screen whose cost is measured time), each
+    child the screen judges is first measured with it (timed untrained), so that the predictor
+    predicts its mAP only; the figure is the row's "cost".
 
     Returns:
         The candidates table (:func:`candidates_table`).
@@ -75,7 +78,8 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
         pop = pd.read_parquet(population)
         mutate = mutator(space, settings.max_ops)
         rows = next_generation(pop, key, generation, n, seed, mutate, set(pop["arch"]), cost=cost,
-                               screen=settings.screen, screen_cost=settings.cost)
+                               screen=settings.screen, screen_cost=settings.cost,
+                               measure=measure if settings.screen > 1 else None)
     for row in rows:
         row.update(stage=stage, group=group)
     table = candidates_table(rows)

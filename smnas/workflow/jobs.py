@@ -81,12 +81,17 @@ def convert_bdd(labels: str, json: str, images: str) -> None:
 
 def sample(population: list[str], groups: str | list[str], train_json: str, table: str, stage: str, group: str,
            generation: int, seed: int, settings: dict[str, Any], detector: dict[str, Any],
-           candidates_dir: str, strategy: str = "evolution") -> None:
+           candidates_dir: str, strategy: str = "evolution", timing: dict[str, Any] | None = None,
+           val_json: str | list[str] = ()) -> None:
     """Write a generation's candidates table and each pending candidate's arch.txt.
 
     ``strategy`` is "evolution", or "random" for the random-search baseline. Stage two reads its
     group's structure from ``groups`` and prunes by the cost
     ``settings["cost"]`` computed for ``train_json``'s classes and the ``detector`` options.
+    An evolution's screen (``settings["screen"]`` > 1) is given each child's cost before training:
+    computed (GMACs), or with ``timing`` (a latency_ms cost: ``device``, ``num_images``, ``runs``
+    and the search ``data``) timed untrained on the first val images
+    (:func:`~smnas.engine.candidate.time_untrained`); ``val_json`` is only a dependency.
     """
     import pandas as pd
 
@@ -100,15 +105,33 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
         return
     typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"],
                           strategy, settings.get("screen", 1), settings.get("max_ops", 1))
-    structure, cost = None, None
+    structure, cost, measure = None, None, None
+    opts = detector_options({"detector": detector}, _num_classes(train_json))
     if stage == "stage2":
-        opts = detector_options({"detector": detector}, _num_classes(train_json))
         cost = None if typed.cost == "latency_ms" else search_cost(typed.cost, opts)  # latency: no POP
         structure = pd.read_parquet(_one(groups)).set_index("group").loc[group, "structure"]
+    if typed.screen > 1 and generation > 0 and strategy == "evolution" and cost is None:
+        # the screen is given each child's cost: computed, or timed untrained on the device
+        measure = search_cost(typed.cost, opts) if typed.cost != "latency_ms" else \
+            _untrained_timer(timing, opts) if timing else None
     df = sample_generation(stage, generation, typed, seed, population=_one(population), group=group,
-                           structure=structure, cost=cost)
+                           structure=structure, cost=cost, measure=measure)
     write_arch_files(df, candidates_dir)
     write_table(df, table)
+
+
+def _untrained_timer(timing: dict[str, Any], opts: Any) -> Any:
+    """``measure(spec) -> ms``: a child timed untrained on the first val images, as ``time`` times it."""
+    from smnas.engine.candidate import DataPaths, latency_images, time_untrained
+
+    images = latency_images(DataPaths(**timing["data"]), timing["num_images"])
+
+    def measure(spec: Any) -> float:
+        ms = time_untrained(spec, opts, images, device=timing["device"], runs=timing["runs"], threads=1)
+        log.info("timed untrained: %s %.1f ms", spec, ms)
+        return ms
+
+    return measure
 
 
 def _sample_spnas(population: list[str], groups: str | list[str], table: str, group: str, generation: int,
