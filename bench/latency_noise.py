@@ -22,7 +22,11 @@ order each round, so a slow spell hits them all alike) and prints:
   than the median forward that the workflow reports: one round's figure against the other
   rounds' medians, and each model's round-to-round spread;
 - with ``--passes N``, the same repeatability for measurements of N passes each (config
-  ``latency_runs``), timed in the same rounds.
+  ``latency_runs``), timed in the same rounds;
+- with ``--untrained``, each architecture also built afresh (random weights, as a child is before
+  it trains) and timed in the same rounds: how well an untrained model's time ranks the trained
+  ones, against how well one trained round ranks them (a screen could time children before
+  training them: the work of a two-stage detector's heads depends on its scores).
 
 With several ``--run`` folders (runs of one seed with different settings), the candidates of all
 of them are timed in the same rounds and each run's searches are named ``FOLDER:evolution``, so
@@ -69,6 +73,19 @@ def candidates(last: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return df
 
 
+def untrained(folder: Path, detector: dict):
+    """The architecture of a trained model folder, built afresh: random weights, eval mode."""
+    import json
+
+    from smnas.models.build import build_detector
+    from smnas.models.spec import parse_spec
+    from smnas.workflow.config import detector_options
+
+    num_classes = json.loads((folder / "train.json").read_text())["num_classes"]
+    opts = detector_options({"detector": detector}, num_classes)
+    return build_detector(parse_spec((folder / "arch.txt").read_text().strip()), opts).eval()
+
+
 def short(arch: str) -> str:
     return arch.replace("@0.25", "").replace(":256", "").replace("+bn", "")
 
@@ -82,6 +99,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=None, metavar="N",
                    help="also time every candidate with N passes over the images (latency_runs N) in the same "
                         "rounds, and compare how repeatable one measurement is with 1 and with N passes")
+    p.add_argument("--untrained", action="store_true",
+                   help="also time every architecture untrained (built afresh) in the same rounds")
     args = p.parse_args()
     from scipy.stats import kendalltau
 
@@ -104,7 +123,10 @@ def main() -> None:
     models = {a: load_trained(folder[a] / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
     imgs = latency_images(DataPaths.coco_layout(res / "data" / "synthetic" / "coco"), cfg["latency_images"])
     more = {(a, args.passes): m for a, m in models.items()} if args.passes else {}
-    timed = time_side_by_side(models | more, imgs, args.rounds, passes=dict.fromkeys(more, args.passes))
+    if args.untrained:
+        more |= {(a, "untrained"): untrained(folder[a] / h, cfg["detector"]) for a, h in zip(df["arch"], df["hash"])}
+    timed = time_side_by_side(models | more, imgs, args.rounds,
+                              passes={k: args.passes for k in more if k[1] == args.passes})
     times = {key: [t.median_ms for t in ts] for key, ts in timed.items()}
     fastest = {key: [t.min_ms for t in ts] for key, ts in timed.items()}
     df["retimed_ms"] = [float(np.median(times[a])) for a in df["arch"]]
@@ -139,6 +161,20 @@ def main() -> None:
         print(f"between consecutive rounds with {args.passes} passes per measurement: "
               + ", ".join(f"{r:+.3f}" for r in many) + f" (1 pass: mean {np.mean(rounds):+.3f}, "
               f"{args.passes} passes: mean {np.mean(many):+.3f})")
+    if args.untrained:
+        fresh = {a: float(np.median(times[(a, "untrained")])) for a in df["arch"]}
+        one = [float(np.median(times[(a, "untrained")][:1])) for a in df["arch"]]
+        ratio = np.log([fresh[a] / t for a, t in zip(df["arch"], df["retimed_ms"])])
+        trained_one = [kendalltau([times[a][i] for a in df["arch"]], df["retimed_ms"]).statistic
+                       for i in range(args.rounds)]
+        print(f"\nuntrained vs trained (medians over rounds): Kendall tau {kendalltau(list(fresh.values()), df['retimed_ms']).statistic:+.3f}; "
+              f"one untrained round vs the trained medians {kendalltau(one, df['retimed_ms']).statistic:+.3f}; "
+              f"one trained round vs the trained medians (itself included) {np.mean(trained_one):+.3f}")
+        print(f"log(untrained / trained): mean {ratio.mean():+.3f}, sd {ratio.std(ddof=1):.3f}; by head and RPN:")
+        from smnas.models.spec import parse_spec
+        kinds = [f"{s.rpn.kind}+{s.head}" for s in map(parse_spec, df["arch"])]
+        parts = df.assign(r=ratio, kind=kinds)
+        print(parts.groupby("kind")["r"].agg(["count", "mean", "std"]).to_string(float_format=lambda v: f"{v:+.3f}"))
     retimed = dict(zip(df["arch"], df["retimed_ms"]))
     for label, pops in (("search-time", last),  # each search's own figures
                         ("re-timed", {name: pop.assign(latency_ms=pop["arch"].map(retimed)) for name, pop in last.items()})):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -90,28 +91,34 @@ class Surrogate:
 class World:
     """One trial's space: the surrogate plus fixed, arch-specific interaction terms (what the
     additive effects miss: for mAP its sd is the leave-one-out error beyond the seed noise, for log
-    latency the leave-one-out error), then seed noise on mAP drawn anew at every evaluation."""
+    latency the leave-one-out error), then seed noise on mAP drawn anew at every evaluation. An
+    arch's terms depend on the trial's seed and the arch only, so every search meets the same
+    world whatever the others evaluated."""
 
-    def __init__(self, sur: Surrogate, interaction: float, noise: float, rng: np.random.Generator,
+    def __init__(self, sur: Surrogate, interaction: float, noise: float, seed: int,
                  latency_interaction: float = 0.0) -> None:
-        self.sur, self.interaction, self.noise, self.rng = sur, interaction, noise, rng
+        self.sur, self.interaction, self.noise, self.seed = sur, interaction, noise, seed
         self.latency_interaction = latency_interaction
         self.offset: dict[str, tuple[float, float]] = {}
 
-    def evaluate(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """One noisy evaluation of each arch: (mAP, latency in ms)."""
+    def _offset(self, arch: str) -> tuple[float, float]:
+        if arch not in self.offset:
+            rng = np.random.default_rng([self.seed, zlib.crc32(arch.encode())])
+            self.offset[arch] = (float(rng.normal(0.0, self.interaction)),
+                                 float(rng.normal(0.0, self.latency_interaction)))
+        return self.offset[arch]
+
+    def evaluate(self, archs: list[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One noisy evaluation of each arch, seed noise from ``rng``: (mAP, latency in ms)."""
         m, lat = self.sur.predict(archs)
-        for a in archs:
-            self.offset.setdefault(a, (float(self.rng.normal(0.0, self.interaction)),
-                                       float(self.rng.normal(0.0, self.latency_interaction))))
-        true = np.clip(m + np.array([self.offset[a][0] for a in archs]), 0.0, None)
-        lat = lat * np.exp([self.offset[a][1] for a in archs])
-        return np.clip(true + self.rng.normal(0.0, self.noise, len(archs)), 0.0, None), lat
+        true = np.clip(m + np.array([self._offset(a)[0] for a in archs]), 0.0, None)
+        lat = lat * np.exp([self._offset(a)[1] for a in archs])
+        return np.clip(true + rng.normal(0.0, self.noise, len(archs)), 0.0, None), lat
 
 
-def _evaluate(rows: list[dict], world: World) -> pd.DataFrame:
-    archs = [r["arch"] for r in rows]
-    m, lat = world.evaluate(archs)
+def _evaluate(rows: list[dict], world: World, rng: np.random.Generator) -> pd.DataFrame:
+    archs = [r["arch"] for r in rows if r["status"] == "pending"]
+    m, lat = world.evaluate(archs, rng)
     return pd.DataFrame({"arch": archs, "status": "ok", "map": m, "latency_ms": lat})
 
 
@@ -122,24 +129,38 @@ def _hv(pop: pd.DataFrame, bound: float) -> float:
     return hypervolume(F, [0.0, 1.0])
 
 
+SEARCHES = ("evolution", "screened", "timed", "random")
+
+
 def trial(seed: int, generations: int, population: int, space, sur: Surrogate, interaction: float,
-          noise: float, bound: float, screen: int, latency_interaction: float = 0.0) -> tuple[float, float, float]:
-    """The three searches for one seed in one world; their last hypervolumes (evolution, evolution
-    with the predictor's screen, random)."""
-    world = World(sur, interaction, noise, np.random.default_rng(seed), latency_interaction)
-    gen0 = _evaluate(initial_generation("stage1", population, seed, space1=space), world)
-    pops = {"evolution": gen0, "screened": gen0, "random": gen0}
+          noise: float, bound: float, screen: int, latency_interaction: float = 0.0,
+          timing_sd: float = 0.1) -> dict[str, float]:
+    """The four searches (:data:`SEARCHES`) for one seed in one world; their last hypervolumes.
+    "screened" predicts its children's latency, "timed" times them untrained first: the world's
+    latency times a timing error of sd ``timing_sd`` in log space. Each search draws its seed noise
+    from its own generator, so adding a search changes no other's figures."""
+    world = World(sur, interaction, noise, seed, latency_interaction)
+    gen0 = _evaluate(initial_generation("stage1", population, seed, space1=space), world,
+                     np.random.default_rng([seed, len(SEARCHES)]))
+    pops = dict.fromkeys(SEARCHES, gen0)
+    rngs = {name: np.random.default_rng([seed, i]) for i, name in enumerate(SEARCHES)}
+    timing = np.random.default_rng([seed, len(SEARCHES) + 1])
+
+    def timed(spec) -> float:  # an untrained child timed once
+        return float(world.evaluate([str(spec)], timing)[1][0] * np.exp(timing.normal(0.0, timing_sd)))
+
     for g in range(1, generations):
-        for name in pops:
+        for name in SEARCHES:
             pop = rank_population(pops[name], "latency_ms")
             seen = set(pop["arch"])
             if name == "random":
                 rows = random_generation("stage1", g, population, seed, space1=space, evaluated=seen)
             else:
                 rows = next_generation(pop, "stage1", g, population, seed, mutator(space), seen,
-                                       screen=screen if name == "screened" else 1)
-            pops[name] = pd.concat([pops[name], _evaluate(rows, world)], ignore_index=True)
-    return tuple(_hv(pops[name], bound) for name in ("evolution", "screened", "random"))
+                                       screen=1 if name == "evolution" else screen,
+                                       measure=timed if name == "timed" else None)
+            pops[name] = pd.concat([pops[name], _evaluate(rows, world, rngs[name])], ignore_index=True)
+    return {name: _hv(pops[name], bound) for name in SEARCHES}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--screen", type=int, default=None,
                    help="children per place for the screened evolution (default: the config's stage1.screen, "
                         "or 6 where it has none or 1)")
+    p.add_argument("--timing-sd", type=float, default=0.1,
+                   help="error of one untrained timing of a child, sd of log(untrained / trained latency) "
+                        "(bench/latency_noise.py --untrained: 0.10)")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # next_generation warns when a tiny space runs dry
 
@@ -184,22 +208,25 @@ def main(argv: list[str] | None = None) -> None:
     top = np.argsort(-m_all)[:3]
     for i in top:
         print(f"  predicted best: {every[i]}  mAP {m_all[i]:.3f} at {lat_all[i]:.1f} ms")
-    print(f"\nwins: share of trials whose last hypervolume is above random search's; 3 of 3: share cubed; "
-          f"screened: evolution with the predictor's screen ({screen} children per place)")
-    print(f"{'budget':>8}{'trials':>8}{'evolution wins':>16}{'3 of 3':>8}{'screened wins':>15}{'3 of 3':>8}"
-          f"{'beats evolution':>17}{'HV evolution':>14}{'HV screened':>13}{'HV random':>11}")
+    print(f"\nper budget and search: the share of trials whose last hypervolume is above random search's "
+          f"(wins), a 3-of-3 win (share cubed), the mean last hypervolume; screened: {screen} children per "
+          f"place, their latency predicted; timed: the same children timed untrained (timing error sd "
+          f"{args.timing_sd} in log space)")
+    print(f"{'budget':>8}{'trials':>8}{'search':>11}{'wins':>7}{'3 of 3':>8}{'mean HV':>9}")
     lock = DeviceLock("cpu")
     for budget in args.budgets:
         g, n = (int(x) for x in budget.lower().split("x"))
         res = []
         for s in range(args.trials):
             with lock.shared():  # a workflow timing beside this bench waits for the trial, not the other way
-                res.append(trial(s, g, n, space, sur, interaction, args.noise, bound, screen, lat_sd))
-        res = np.array(res)
-        win, win_s = float(np.mean(res[:, 0] > res[:, 2])), float(np.mean(res[:, 1] > res[:, 2]))
-        print(f"{budget:>8}{args.trials:>8}{win:>16.2f}{win ** 3:>8.2f}{win_s:>15.2f}{win_s ** 3:>8.2f}"
-              f"{np.mean(res[:, 1] > res[:, 0]):>17.2f}{res[:, 0].mean():>14.4f}{res[:, 1].mean():>13.4f}"
-              f"{res[:, 2].mean():>11.4f}", flush=True)
+                res.append(trial(s, g, n, space, sur, interaction, args.noise, bound, screen, lat_sd, args.timing_sd))
+        hv = pd.DataFrame(res)
+        for name in SEARCHES:
+            win = float(np.mean(hv[name] > hv["random"]))
+            print(f"{budget:>8}{args.trials:>8}{name:>11}" + (f"{win:>7.2f}{win ** 3:>8.2f}" if name != "random" else " " * 15)
+                  + f"{hv[name].mean():>9.4f}")
+        print(f"{'':>16}screened above evolution {np.mean(hv['screened'] > hv['evolution']):.2f}, timed above "
+              f"screened {np.mean(hv['timed'] > hv['screened']):.2f}", flush=True)
 
 
 if __name__ == "__main__":
