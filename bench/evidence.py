@@ -53,9 +53,12 @@ from smnas.search.pareto import hypervolume  # noqa: E402
 from smnas.search.tables import rank_population  # noqa: E402
 
 
-def overlay(seed: int, stage1_generations: int, stage2_generations: int, from_front: int) -> dict:
-    """The main job's config with this seed, a longer search and more final picks."""
-    return {"seed": seed, "baselines": {"in_all": True}, "stage1": {"generations": stage1_generations},
+def overlay(seed: int, stage1_generations: int, stage2_generations: int, from_front: int,
+            screen: int | None = None) -> dict:
+    """The main job's config with this seed, a longer search and more final picks (and stage
+    one's screen, when ``screen`` is given)."""
+    stage1 = {"generations": stage1_generations} | ({"screen": screen} if screen else {})
+    return {"seed": seed, "baselines": {"in_all": True}, "stage1": stage1,
             "stage2": {"generations": stage2_generations}, "final": {"from_front": from_front}}
 
 
@@ -371,6 +374,9 @@ def main() -> None:
                    help="per stage-two group (main job: 2; with 2, the final models were mostly generation 0's seeds, "
                         "docs/evidence.md section 3)")
     p.add_argument("--from-front", type=int, default=3, help="final models along the front (main job: 1)")
+    p.add_argument("--screen", type=int, default=None, metavar="K",
+                   help="stage1.screen: K children per place, each timed untrained, a predictor keeping the most "
+                        "promising (default: the base configuration's; the main job's has none)")
     p.add_argument("--agreement-seeds", type=int, nargs="*", default=[0],
                    help="seeds that also retrain every stage-one candidate with the final recipe (default: 0)")
     p.add_argument("--rerun-triggers", nargs="+", default=None, metavar="TRIGGER",
@@ -389,7 +395,7 @@ def main() -> None:
     root = args.out or Path(tempfile.mkdtemp(prefix="smnas-evidence-"))
     for seed in args.seeds:
         print(f"seed {seed}: running the workflow in {root / f'seed{seed}'} ...", flush=True)
-        settings = overlay(seed, args.stage1_generations, args.stage2_generations, args.from_front)
+        settings = overlay(seed, args.stage1_generations, args.stage2_generations, args.from_front, args.screen)
         finals = args.final_seeds is None or seed in args.final_seeds
         run_seed(root / f"seed{seed}", seed, args.cores, settings, seed in args.agreement_seeds, args.config, finals,
                  args.rerun_triggers)

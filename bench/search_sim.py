@@ -11,18 +11,20 @@ population.parquet`` under ``--runs``, same recipe and data): mAP as a sum of on
 choice (backbone, neck, RPN, head, input size; ridge least squares), and the log of latency
 likewise (the screen's :class:`~smnas.search.predictor.AdditivePredictor`, nearly unshrunk). Then,
 per trial, the workflow's own search code (``initial_generation``, ``next_generation`` with
-``mutator``, ``random_generation``, ``rank_population``) runs three searches for a budget of G
+``mutator``, ``random_generation``, ``rank_population``) runs four searches for a budget of G
 generations x P candidates, generation 0 shared as in the workflow: evolution, evolution with the
-predictor's screen (``--screen`` children per place, the workflow's ``stage1.screen``) and random
-search. Each evaluation is the world's mAP plus Gaussian seed noise (``--noise``: the seed-to-seed
+predictor's screen (``--screen`` children per place) predicting each child's latency
+("screened"), the same screen given each child's latency timed untrained, as the workflow's
+``stage1.screen`` does ("timed": the world's latency times a timing error, ``--timing-sd``), and
+random search. Each evaluation is the world's mAP plus Gaussian seed noise (``--noise``: the seed-to-seed
 sd of one candidate, bench/search_signal.py), and the hypervolume of each search's front is
 compared as bench/evidence.py does (reference point (0, 1.1 x the largest latency in the space,
 widened by two sd of the latency term)).
 
-It prints the surrogate's fit (leave-one-out error against the seed noise), then per budget the
-share of trials in which each evolution's last hypervolume is above random search's, the chance of
-a 3-of-3 win (share cubed), how often the screen beats plain evolution, and the mean
-hypervolumes. Each trial is its own world: the additive effects plus an arch-specific term drawn
+It prints the surrogate's fit (leave-one-out error against the seed noise), then per budget and
+search the share of trials in which its last hypervolume is above random search's, the chance of
+a 3-of-3 win (share cubed) and the mean hypervolume, and how often each screen beats the search
+before it. Each trial is its own world: the additive effects plus an arch-specific term drawn
 once per arch (sd: the leave-one-out error left after the seed noise, or ``--interaction``), and
 the log latency likewise (sd: its leave-one-out error, or ``--latency-interaction``), so a world
 has interactions of the size the data shows, which the screen's additive predictor cannot see. A
