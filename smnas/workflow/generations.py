@@ -79,7 +79,7 @@ def sample_generation(stage: str, generation: int, settings: StageSettings, seed
         mutate = mutator(space, settings.max_ops)
         rows = next_generation(pop, key, generation, n, seed, mutate, set(pop["arch"]), cost=cost,
                                screen=settings.screen, screen_cost=settings.cost,
-                               measure=measure if settings.screen > 1 else None)
+                               measure=measure)
     for row in rows:
         row.update(stage=stage, group=group)
     table = candidates_table(rows)

@@ -106,14 +106,17 @@ def sample(population: list[str], groups: str | list[str], train_json: str, tabl
     typed = StageSettings(settings["population"], search_space(stage, settings["space"]), settings["cost"],
                           strategy, settings.get("screen", 1), settings.get("max_ops", 1))
     structure, cost, measure = None, None, None
-    opts = detector_options({"detector": detector}, _num_classes(train_json))
+    screened = typed.screen > 1 and generation > 0 and strategy == "evolution"
+    # the class count (a file read) only where a cost is computed or a child timed
+    opts = detector_options({"detector": detector}, _num_classes(train_json)) if stage == "stage2" or screened else None
     if stage == "stage2":
         cost = None if typed.cost == "latency_ms" else search_cost(typed.cost, opts)  # latency: no POP
         structure = pd.read_parquet(_one(groups)).set_index("group").loc[group, "structure"]
-    if typed.screen > 1 and generation > 0 and strategy == "evolution" and cost is None:
-        # the screen is given each child's cost: computed, or timed untrained on the device
-        measure = search_cost(typed.cost, opts) if typed.cost != "latency_ms" else \
-            _untrained_timer(timing, opts) if timing else None
+    if screened and cost is None:  # the screen is given each child's cost: computed, or timed untrained
+        if typed.cost != "latency_ms":
+            measure = search_cost(typed.cost, opts)
+        elif timing:
+            measure = _untrained_timer(timing, opts)
     df = sample_generation(stage, generation, typed, seed, population=_one(population), group=group,
                            structure=structure, cost=cost, measure=measure)
     write_arch_files(df, candidates_dir)
